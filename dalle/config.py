@@ -1,0 +1,79 @@
+"""Configuration of the transformer over [text_tokens ; image_tokens]."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ATTN_LAYOUTS = ("dense", "row", "column", "conv")
+
+
+@dataclass
+class DalleConfig:
+    """Decoder-only transformer over a fixed-length caption followed by image codes.
+
+    ``image_vocab_size`` and ``image_grid`` are derived from the VQVAE config
+    (codebook size, resolution / downsample) by ``train.config.load_preset``
+    and stored with every checkpoint; they are never patched at run time.
+    """
+
+    text_len: int = 32            # caption length in BPE tokens, after padding
+    text_vocab_size: int = 1024   # BPE vocabulary (pad tokens come on top: one per position)
+    image_vocab_size: int = 512   # = vqvae.vocab_size
+    image_grid: int = 16          # = vqvae.resolution // vqvae.downsample
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    # attention layout per layer, cycled over layers; "dense" is causal attention.
+    attn_layouts: list[str] = field(default_factory=lambda: ["dense"])
+    conv_kernel: int = 11         # neighbourhood of the "conv" layout (paper: 11)
+
+    def __post_init__(self) -> None:
+        for name in ("text_len", "text_vocab_size", "image_vocab_size", "image_grid",
+                     "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dalle.{name} must be positive, got {getattr(self, name)}")
+        if self.text_len < 2:
+            raise ValueError("dalle.text_len must be >= 2")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"dalle.n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dalle.dropout must be in [0, 1), got {self.dropout}")
+        self.attn_layouts = list(self.attn_layouts)
+        if not self.attn_layouts:
+            raise ValueError("dalle.attn_layouts must name at least one layout")
+        for layout in self.attn_layouts:
+            if layout not in ATTN_LAYOUTS:
+                raise ValueError(f"dalle.attn_layouts: unknown layout {layout!r}; choose from {ATTN_LAYOUTS}")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"dalle.conv_kernel must be odd and positive, got {self.conv_kernel}")
+
+    @property
+    def image_len(self) -> int:
+        """Number of image tokens: image_grid ** 2."""
+        return self.image_grid * self.image_grid
+
+    @property
+    def text_vocab_total(self) -> int:
+        """Text embedding rows: BPE vocabulary plus one pad token per text position."""
+        return self.text_vocab_size + self.text_len
+
+    @property
+    def block_size(self) -> int:
+        """Full sequence length: text_len + image_len."""
+        return self.text_len + self.image_len
+
+    def layout_of(self, layer: int) -> str:
+        """The attention layout of layer ``layer`` (layouts are cycled)."""
+        return self.attn_layouts[layer % len(self.attn_layouts)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DalleConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown dalle config keys: {sorted(unknown)}")
+        return cls(**d)
