@@ -135,7 +135,9 @@ def cmd_data_signs(a: argparse.Namespace) -> int:
 
 def cmd_data_emoji(a: argparse.Namespace) -> int:
     from train.builders.emoji import build_emoji
-    for p in build_emoji(a.out, a.resolution, shard_size=a.shard_size):
+    stats = build_emoji(a.out, a.resolution, sources=a.sources, held_out=a.held_out,
+                        shard_size=a.shard_size)
+    for p in [*stats.train_shards, *stats.val_shards]:
         print(p)
     return 0
 
@@ -263,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out", metavar="OUT_DIR")
     q.add_argument("--resolution", type=A.positive_int, default=64)
     q.add_argument("--shard-size", type=A.positive_int, default=1000)
+    q.add_argument("--sources", nargs="+", default=["auto"],
+                   help="emoji sources to use (default: every installed one)")
+    q.add_argument("--held-out", type=A.fraction, default=0.02,
+                   help="share of emoji names kept out of training (written to val/)")
     q.set_defaults(func=cmd_data_emoji)
 
     p = sub.add_parser("tokenizer", help="train the caption BPE")

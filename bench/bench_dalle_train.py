@@ -1,0 +1,93 @@
+"""CPU benchmark: transformer training throughput (tokens/s) in fp32 and bf16 autocast.
+
+Runs the real training step (``DalleModule.compute_loss``: caption dropout, fp32 loss,
+backward, AdamW over the decay groups, gradient clipping) on random token batches for
+about ``--seconds`` per precision. Tokens are sequence positions: batch * (text_len + image_len).
+
+    PYTHONPATH=. python bench/bench_dalle_train.py --preset small --seconds 15
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+
+from train.config import load_preset
+from train.dalle_module import DalleModule, null_text_tokens
+from train.optim import build_optimizer, build_scheduler
+
+
+def random_batch(cfg, batch: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    text = null_text_tokens(cfg, batch)
+    text[:, : cfg.text_len // 2] = torch.randint(0, cfg.text_vocab_size, (batch, cfg.text_len // 2), generator=g)
+    image = torch.randint(0, cfg.image_vocab_size, (batch, cfg.image_len), generator=g)
+    return {"text_tokens": text.to(device), "image_tokens": image.to(device)}
+
+
+def measure(module: DalleModule, batch: dict, precision: str, seconds: float, device: str,
+            warmup: int = 2) -> tuple[int, float, float]:
+    """Train steps for about ``seconds``; returns (steps, elapsed s, last loss)."""
+    opt = build_optimizer(module.model, module.train_config)
+    sched = build_scheduler(opt, module.train_config)
+    amp = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+           else contextlib.nullcontext())
+
+    def step(i: int) -> float:
+        with amp:
+            out = module.compute_loss(batch, step=i)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), module.train_config.grad_clip)
+        opt.step()
+        sched.step()
+        return out.loss.item()
+
+    for i in range(warmup):
+        step(i)
+    steps, t0, loss = 0, time.perf_counter(), float("nan")
+    while time.perf_counter() - t0 < seconds:
+        loss = step(warmup + steps)
+        steps += 1
+    return steps, time.perf_counter() - t0, loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the preset's dalle_train.batch_size")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per precision")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    preset = load_preset(args.preset)
+    cfg, train_cfg = preset.dalle, preset.dalle_train
+    batch_size = args.batch_size or train_cfg.batch_size
+    batch = random_batch(cfg, batch_size, "cpu")
+    tokens_per_step = batch_size * cfg.block_size
+    print(f"preset={args.preset} layers={cfg.n_layer} width={cfg.n_embd} heads={cfg.n_head} "
+          f"seq={cfg.block_size} batch={batch_size} tokens/step={tokens_per_step} "
+          f"threads={torch.get_num_threads()}")
+    results = {}
+    for precision in args.precisions.split(","):
+        torch.manual_seed(0)
+        module = DalleModule(cfg, train_cfg)
+        module.configure_model()
+        flops = module.model.flops_per_token(training=True, attention="mask")
+        steps, sec, loss = measure(module, batch, precision, args.seconds, "cpu")
+        tps = steps * tokens_per_step / sec
+        results[precision] = tps
+        print(f"{precision:>5}: {steps:4d} steps in {sec:6.1f} s  {sec / steps * 1e3:8.1f} ms/step  "
+              f"{tps:9.0f} tokens/s  {tps * flops / 1e9:7.1f} GFLOP/s (masked-attention count)  "
+              f"loss {loss:.3f}")
+    if "fp32" in results and "bf16" in results:
+        print(f"bf16 / fp32 throughput: {results['bf16'] / results['fp32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

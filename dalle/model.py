@@ -1,0 +1,335 @@
+"""The transformer over ``[text_tokens ; image_tokens]``: pre-LayerNorm GPT blocks, two heads.
+
+Sequence positions ``0 .. text_len-1`` are the caption, ``text_len ..`` the image codes
+in raster order. The output at sequence position ``p`` predicts the token at ``p + 1``:
+outputs that predict a text token go through the text head (``text_vocab_total``
+classes), outputs that predict an image code through the image head
+(``image_vocab_size`` classes), so a text position can never emit an image code and
+vice versa.
+
+Two calling modes (one ``forward``):
+
+- training / uncached: ``model(text_tokens, image_tokens)`` with the full caption and
+  ``n >= 1`` leading image codes; the input is ``[text ; image[:, :-1]]`` and the
+  result is ``Logits(text (B, text_len-1, Vt), image (B, n, Vi))``.
+- cached (after :meth:`DalleTransformer.setup_cache`), ``input_pos`` given:
+  *prefill* ``model(text_tokens, prefix, input_pos=arange(text_len + k))`` returns
+  ``Logits(text (B, text_len-1, Vt), image (B, k+1, Vi))``; *decode*
+  ``model(None, image_tokens (B, T), input_pos (T,))`` for image positions returns
+  ``Logits(None, image (B, T, Vi))``. Keys and values are written into the cache at
+  ``input_pos``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dalle.attention import BACKENDS, LayoutMasks, cached_attention, full_attention
+from dalle.config import DalleConfig
+from dalle.kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "dalle.safetensors"
+CONFIG_FILE = "dalle.json"
+
+
+class Logits(NamedTuple):
+    """Next-token logits; either field is None when no position of that kind is output."""
+
+    text: torch.Tensor | None    # (B, Tt, text_vocab_total)
+    image: torch.Tensor | None   # (B, Ti, image_vocab_size)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with a per-layer layout and an optional KV cache."""
+
+    def __init__(self, cfg: DalleConfig, layout: str, masks: LayoutMasks) -> None:
+        super().__init__()
+        self.n_head, self.n_embd, self.layout = cfg.n_head, cfg.n_embd, layout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.masks = masks
+        self.backend = "auto"
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.qkv(x).split(self.n_embd, dim=2)                   # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        if input_pos is None:
+            y = full_attention(q, k, v, layout=self.layout, masks=self.masks, backend=self.backend,
+                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            if self.kv_cache is None:
+                raise RuntimeError("cached forward (input_pos given) needs setup_cache() first")
+            k, v = self.kv_cache.update(input_pos, k, v)                  # (B, nh, S, hs)
+            y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), layout=self.layout, masks=self.masks,
+                                 input_pos=input_pos)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, cfg: DalleConfig, layout: str, masks: LayoutMasks) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg, layout, masks)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), input_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class DalleTransformer(nn.Module):
+    """Decoder-only transformer over a fixed-length caption followed by image codes.
+
+    Attributes:
+        gradient_checkpointing: recompute each block in the backward pass (training only).
+        attn_backend: ``auto`` (FlexAttention for sparse layouts on CUDA), ``sdpa`` or ``flex``.
+    """
+
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.masks = LayoutMasks(cfg)
+        d = cfg.n_embd
+        self.text_emb = nn.Embedding(cfg.text_vocab_total, d)
+        self.text_pos = nn.Embedding(cfg.text_len, d)
+        self.image_emb = nn.Embedding(cfg.image_vocab_size, d)
+        self.image_row = nn.Embedding(cfg.image_grid, d)
+        self.image_col = nn.Embedding(cfg.image_grid, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, cfg.layout_of(i), self.masks) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.text_head = nn.Linear(d, cfg.text_vocab_total, bias=False)
+        self.image_head = nn.Linear(d, cfg.image_vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    @property
+    def cfg(self) -> DalleConfig:
+        return self.config
+
+    @property
+    def attn_backend(self) -> str:
+        return self.blocks[0].attn.backend if len(self.blocks) else "auto"
+
+    @attn_backend.setter
+    def attn_backend(self, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+        for block in self.blocks:
+            block.attn.backend = backend
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                if name.endswith("weight"):      # LayerNorm gains
+                    nn.init.ones_(p)
+                else:
+                    nn.init.zeros_(p)
+            elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=resid_std)
+            else:
+                nn.init.normal_(p, mean=0.0, std=0.02)
+
+    # ---- embeddings ----------------------------------------------------------------------
+    def _embed_text(self, text_tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.text_emb(text_tokens) + self.text_pos(pos)           # (B, Tt, C)
+
+    def _embed_image(self, image_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Image codes at raster indices ``index`` (T,): code + row + column embeddings."""
+        g = self.config.image_grid
+        row = torch.div(index, g, rounding_mode="floor")
+        return self.image_emb(image_tokens) + self.image_row(row) + self.image_col(index % g)  # (B, Ti, C)
+
+    def _trunk(self, x: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        x = self.drop(x)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and input_pos is None:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, input_pos)
+        return self.ln_f(x)
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, text_tokens: torch.Tensor | None, image_tokens: torch.Tensor | None,
+                input_pos: torch.Tensor | None = None) -> Logits:
+        """Next-token logits (see the module docstring for the two modes).
+
+        Args:
+            text_tokens: (B, text_len) int64, or None when decoding image positions from the cache.
+            image_tokens: (B, n) int64 image codes (raster order).
+            input_pos: None for the uncached/training call; (T,) int64 sequence positions otherwise.
+        Returns:
+            :class:`Logits`.
+        """
+        cfg = self.config
+        if input_pos is None:
+            return self._forward_full(text_tokens, image_tokens)
+        if text_tokens is None:                                           # decode image positions
+            if image_tokens is None:
+                raise ValueError("decoding needs image_tokens")
+            x = self._embed_image(image_tokens, input_pos - cfg.text_len)  # (B, T, C)
+            return Logits(None, self.image_head(self._trunk(x, input_pos)))
+        self._check_text(text_tokens)                                     # prefill from position 0
+        n_img = 0 if image_tokens is None else image_tokens.size(1)
+        if n_img >= cfg.image_len:
+            raise ValueError(f"prefill takes at most {cfg.image_len - 1} image tokens, got {n_img}")
+        if input_pos.numel() != cfg.text_len + n_img:
+            raise ValueError(f"prefill input_pos must be arange({cfg.text_len + n_img}), "
+                             f"got {input_pos.numel()} positions")
+        x = self._embed_text(text_tokens, input_pos[: cfg.text_len])
+        if n_img:
+            x = torch.cat([x, self._embed_image(image_tokens, input_pos[cfg.text_len:] - cfg.text_len)], 1)
+        h = self._trunk(x, input_pos)                                     # (B, text_len + n_img, C)
+        return Logits(self.text_head(h[:, : cfg.text_len - 1]), self.image_head(h[:, cfg.text_len - 1:]))
+
+    def _check_text(self, text_tokens: torch.Tensor) -> None:
+        if text_tokens.ndim != 2 or text_tokens.size(1) != self.config.text_len:
+            raise ValueError(f"expected text_tokens of shape (B, {self.config.text_len}), "
+                             f"got {tuple(text_tokens.shape)}")
+
+    def _forward_full(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> Logits:
+        cfg = self.config
+        self._check_text(text_tokens)
+        if image_tokens is None or image_tokens.ndim != 2 or not 1 <= image_tokens.size(1) <= cfg.image_len:
+            shape = None if image_tokens is None else tuple(image_tokens.shape)
+            raise ValueError(f"expected image_tokens of shape (B, n), 1 <= n <= {cfg.image_len}, got {shape}")
+        if image_tokens.size(0) != text_tokens.size(0):
+            raise ValueError("text_tokens and image_tokens have different batch sizes")
+        device = text_tokens.device
+        n_in = image_tokens.size(1) - 1                                   # the last code is never input
+        x = self._embed_text(text_tokens, torch.arange(cfg.text_len, device=device))   # (B, text_len, C)
+        if n_in:
+            x_img = self._embed_image(image_tokens[:, :n_in], torch.arange(n_in, device=device))
+            x = torch.cat([x, x_img], dim=1)                              # (B, text_len + n - 1, C)
+        h = self._trunk(x, None)
+        return Logits(self.text_head(h[:, : cfg.text_len - 1]),          # (B, text_len - 1, Vt)
+                      self.image_head(h[:, cfg.text_len - 1:]))           # (B, n, Vi)
+
+    # ---- KV cache ------------------------------------------------------------------------
+    def setup_cache(self, max_batch_size: int, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+        """Allocate zeroed K/V buffers of the full sequence for ``max_batch_size`` rows per layer.
+
+        Defaults to the parameters' device and dtype. Reuses the existing cache when it
+        already fits (same device/dtype, at least as many rows).
+        """
+        p = next(self.parameters())
+        device = torch.device(device) if device is not None else p.device
+        dtype = dtype or p.dtype
+        cache = self.blocks[0].attn.kv_cache if len(self.blocks) else None
+        if (cache is not None and cache.max_batch_size >= max_batch_size
+                and cache.k_cache.device == device and cache.k_cache.dtype == dtype):
+            return
+        cfg = self.config
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(max_batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head,
+                                          device=device, dtype=dtype)
+
+    def clear_cache(self) -> None:
+        """Free the KV cache."""
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    # ---- accounting ----------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding`` leaves out the token and position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in (self.text_emb, self.text_pos, self.image_emb,
+                                                  self.image_row, self.image_col))
+        return n
+
+    def flops_per_token(self, *, training: bool = True, attention: str = "full") -> float:
+        """Matmul FLOPs per sequence position of a training sequence (text_len + image_len - 1).
+
+        ``6 N + 12 L T d`` style: N counts the block weights plus the head each position
+        actually uses (averaged over positions); embeddings are lookups and not counted.
+        Attention costs 4 d FLOPs per (query, key) pair forward; ``attention`` picks the keys
+        per query: ``full`` (T, the usual MFU convention), ``causal`` ((T+1)/2) or ``mask``
+        (the mean allowed keys of each layer's layout). Backward is twice forward.
+
+        Returns:
+            FLOPs per token (forward + backward when ``training``, forward only otherwise).
+        """
+        cfg = self.config
+        T = cfg.text_len + cfg.image_len - 1
+        d = cfg.n_embd
+        n_block = sum(m.weight.numel() for blk in self.blocks for m in blk.modules() if isinstance(m, nn.Linear))
+        n_head = ((cfg.text_len - 1) * cfg.text_vocab_total + cfg.image_len * cfg.image_vocab_size) * d / T
+        if attention == "full":
+            keys = cfg.n_layer * T
+        elif attention == "causal":
+            keys = cfg.n_layer * (T + 1) / 2
+        elif attention == "mask":
+            keys = sum(self.masks.bool_mask(blk.attn.layout, torch.device("cpu"))[:T, :T].sum().item() / T
+                       for blk in self.blocks)
+        else:
+            raise ValueError(f"attention must be 'full', 'causal' or 'mask', got {attention!r}")
+        forward = 2 * (n_block + n_head) + 4 * d * keys
+        return 3 * forward if training else forward
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``dalle.safetensors`` (parameters only) and ``dalle.json`` (the config)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
+        (d / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        log.info("saved transformer to %s", d)
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> "DalleTransformer":
+        """Rebuild a model saved by :meth:`save` on ``device``, in eval mode."""
+        d = Path(directory)
+        cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights_path.is_file():
+            raise ValueError(f"{d} is not a transformer checkpoint: need {CONFIG_FILE} and {WEIGHTS_FILE}")
+        try:
+            cfg = DalleConfig.from_dict(json.loads(cfg_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        with torch.device("meta"):
+            model = cls(cfg)
+        try:
+            model.load_state_dict(load_file(str(weights_path), device=str(device)), strict=True, assign=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"{weights_path} does not match its config: {first}") from None
+        return model.eval()

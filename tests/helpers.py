@@ -1,0 +1,49 @@
+"""Shared test helpers: random captions and images, shard writing."""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from train.data.shards import ShardWriter
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+SHAPES = ["square", "circle", "triangle", "star"]
+
+
+def random_caption(rng: random.Random) -> str:
+    """A short caption from a small vocabulary."""
+    return f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)} on a {rng.choice(COLOURS)} background"
+
+
+def encode_image(img: Image.Image, fmt: str) -> bytes:
+    """PIL image -> bytes in ``fmt`` ("png", "jpg" or "webp")."""
+    buf = io.BytesIO()
+    img.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt])
+    return buf.getvalue()
+
+
+def random_image(rng: np.random.Generator, size: int | tuple[int, int]) -> Image.Image:
+    """Random RGB noise image of ``size`` (side or (w, h))."""
+    w, h = (size, size) if isinstance(size, int) else size
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def write_image_shards(out_dir: str | Path, n: int = 16, *, size: int | tuple[int, int] = 24,
+                       fmt: str = "png", per_shard: int | None = None, seed: int = 0,
+                       key_prefix: str = "") -> list[Path]:
+    """Write ``n`` random images with captions as img2dataset shards; returns the tar paths.
+
+    Keys are ``{key_prefix}{i:09d}`` like img2dataset's.
+    """
+    rng = np.random.default_rng(seed)
+    cap_rng = random.Random(seed)
+    with ShardWriter(out_dir, max_samples=per_shard or n) as writer:
+        for i in range(n):
+            writer.write_sample(f"{key_prefix}{i:09d}", image=encode_image(random_image(rng, size), fmt),
+                                image_ext=fmt, caption=random_caption(cap_rng))
+    return writer.paths
+

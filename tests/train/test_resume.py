@@ -1,0 +1,166 @@
+"""A killed transformer run resumes from its last checkpoint and continues exactly."""
+from __future__ import annotations
+
+import dataclasses
+
+import lightning as L
+import pytest
+import torch
+
+from train.config import load_preset
+from train.dalle_module import DalleModule, null_text_tokens
+from train.trainer import build_trainer, latest_checkpoint
+
+STEPS_PER_EPOCH = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class Recorder(L.Callback):
+    """Loss of every optimizer step by global step; raises :class:`Killed` after ``kill_at`` steps."""
+
+    def __init__(self, kill_at: int | None = None):
+        self.kill_at = kill_at
+        self.losses: dict[int, float] = {}
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[self._step] = float(outputs["loss"])
+        if self.kill_at is not None and trainer.global_step >= self.kill_at:
+            raise Killed(f"killed after step {trainer.global_step}")
+
+
+class Batches(torch.utils.data.Dataset):
+    """A fixed, ordered list of token batches: the data order is the same in every run."""
+
+    def __init__(self, cfg, n: int):
+        g = torch.Generator().manual_seed(0)
+        self.items = []
+        for _ in range(n):
+            text = null_text_tokens(cfg, 4)
+            text[:, :3] = torch.randint(0, cfg.text_vocab_size, (4, 3), generator=g)
+            image = torch.randint(0, cfg.image_vocab_size, (4, cfg.image_len), generator=g)
+            self.items.append({"text_tokens": text, "image_tokens": image, "skipped": {}})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def run(tmp_path, *, kill_at=None, ckpt=None, sha="a" * 64, max_steps=12):
+    preset = load_preset("tiny")
+    cfg = dataclasses.replace(preset.dalle_train, max_steps=max_steps, ckpt_every=STEPS_PER_EPOCH,
+                              caption_dropout=0.3, warmup_steps=3, lr=3e-3, weight_decay=0.01)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = DalleModule(preset.dalle, cfg, tokenizer_sha256=sha, out_dir=str(tmp_path))
+    rec = Recorder(kill_at)
+    trainer = build_trainer(cfg, tmp_path, callbacks=[rec], enable_progress_bar=False, logger=False,
+                            accelerator="cpu", enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(Batches(preset.dalle, STEPS_PER_EPOCH), batch_size=None)
+    trainer.fit(module, loader, ckpt_path=ckpt)
+    return trainer, rec, module
+
+
+def test_killed_run_resumes_at_the_same_step_with_the_same_losses(tmp_path):
+    _, full, _ = run(tmp_path / "full")
+    assert sorted(full.losses) == list(range(12))
+
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill_at=8)
+    ckpt = latest_checkpoint(tmp_path / "killed")
+    assert ckpt is not None
+    trainer, resumed, _ = run(tmp_path / "killed", ckpt=ckpt)
+    assert min(resumed.losses) == STEPS_PER_EPOCH       # picked up at the checkpointed step
+    assert trainer.global_step == 12
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6), step
+    # the losses did move: equality above is not a constant
+    assert len({round(v, 4) for v in full.losses.values()}) > 6
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path):
+    run(tmp_path, max_steps=STEPS_PER_EPOCH)
+    ckpt = latest_checkpoint(tmp_path)
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["tokenizer_sha256"] == "a" * 64
+    with pytest.raises(ValueError, match="tokenizer sha256"):
+        run(tmp_path, ckpt=ckpt, sha="b" * 64)
+
+
+# ---- end to end through fit_dalle --------------------------------------------------------
+def write_token_shards(out_dir, preset, *, n_shards: int, per_shard: int, seed: int = 0) -> list[str]:
+    """Token shards of random codes with captions like the tokenizer fixture's; keys "{shard}-{i}"."""
+    import random
+
+    import numpy as np
+    from tests.helpers import random_caption
+
+    from train.data.tokens import TokenShardWriter
+
+    rng = np.random.default_rng(seed)
+    cap_rng = random.Random(seed)
+    g = preset.dalle.image_grid
+    with TokenShardWriter(out_dir, max_samples=per_shard) as writer:
+        for s in range(n_shards):
+            for i in range(per_shard):
+                codes = rng.integers(0, preset.dalle.image_vocab_size, (g, g))
+                writer.write_tokens(f"s{s}-{i:03d}", codes, random_caption(cap_rng))
+    return [str(p) for p in writer.paths]
+
+
+@pytest.fixture
+def vqvae_dir(tmp_path, tiny_preset):
+    from vqvae.model import DiscreteVAE
+
+    torch.manual_seed(0)
+    return DiscreteVAE(tiny_preset.vqvae).save(tmp_path / "vqvae")
+
+
+def test_fit_dalle_writes_a_bundle_and_resumes_by_itself(tmp_path, tiny_preset, tiny_tokenizer, vqvae_dir):
+    from dalle.bundle import load_bundle
+    from train.dalle_fit import fit_dalle
+
+    shards = write_token_shards(tmp_path / "tokens", tiny_preset, n_shards=2, per_shard=16)
+
+    def preset_with(max_steps):
+        return load_preset("tiny", [f"dalle_train.max_steps={max_steps}", "dalle_train.ckpt_every=4"])
+
+    out = tmp_path / "run"
+    first = Recorder()
+    path = fit_dalle(preset_with(6), out, tokenizer_path=tiny_tokenizer.path, vqvae_dir=vqvae_dir,
+                     token_shards=shards, callbacks=[first], enable_progress_bar=False, accelerator="cpu")
+    assert sorted(first.losses) == list(range(6))
+    bundle = load_bundle(path)
+    assert bundle.meta["global_step"] == 6 and bundle.tokenizer.sha256 == tiny_tokenizer.sha256
+    ckpt = torch.load(latest_checkpoint(out), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6                     # the final steps are saved, not only every 4
+    for k, v in bundle.model.state_dict().items():
+        torch.testing.assert_close(v, ckpt["state_dict"][f"model.{k}"])
+
+    second = Recorder()
+    fit_dalle(preset_with(9), out, tokenizer_path=tiny_tokenizer.path, vqvae_dir=vqvae_dir, token_shards=shards,
+              callbacks=[second], enable_progress_bar=False, accelerator="cpu")
+    assert sorted(second.losses) == [6, 7, 8]           # resumed at step 6 without being told
+    assert load_bundle(path).meta["global_step"] == 9
+
+    from train.text_tokenizer import train_tokenizer
+
+    other = train_tokenizer(["a completely different corpus of words"] * 20, tiny_preset.dalle.text_vocab_size,
+                            tmp_path / "other_tokenizer.json")
+    with pytest.raises(ValueError, match="tokenizer sha256"):
+        fit_dalle(preset_with(12), out, tokenizer_path=other, vqvae_dir=vqvae_dir, token_shards=shards,
+                  enable_progress_bar=False, accelerator="cpu")

@@ -1,0 +1,322 @@
+"""LightningModule that trains the transformer over [text_tokens ; image_tokens].
+
+The loss is a weighted sum of two cross-entropies computed in fp32: the caption
+(``logits.text`` vs ``text_tokens[:, 1:]``, weight ``text_loss_weight``) and the
+image codes (``logits.image`` vs ``image_tokens``, weight ``1 - text_loss_weight``).
+With probability ``caption_dropout`` a row's caption is replaced by the null
+caption (all pads) so that the model also learns the unconditional distribution
+used by classifier-free guidance.
+
+Two data paths: token batches (precomputed codes, the default) or image batches
+tokenised here by the frozen VQVAE (``on_the_fly``). Non-finite losses skip the
+step on every rank; ``nan_patience`` of them in a row save a checkpoint and stop.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dalle.config import DalleConfig
+from dalle.model import DalleTransformer
+from dalle.tokenizer import TextTokenizer
+from train.config import DalleTrainConfig
+from train.optim import build_optimizer, build_scheduler
+from vqvae.model import DiscreteVAE
+
+log = logging.getLogger(__name__)
+
+
+class DalleLoss(NamedTuple):
+    """The weighted total and its two (unweighted) terms, fp32 scalars."""
+
+    loss: torch.Tensor
+    text_loss: torch.Tensor
+    image_loss: torch.Tensor
+
+
+def null_text_tokens(cfg: DalleConfig, batch: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """The null caption (all pads, pad id = text_vocab_size + position), shape (batch, text_len)."""
+    row = torch.arange(cfg.text_vocab_size, cfg.text_vocab_size + cfg.text_len, device=device)
+    return row.expand(batch, -1).clone()  # (B, text_len)
+
+
+def drop_captions(text_tokens: torch.Tensor, p: float, null_tokens: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row by the null caption with probability ``p``.
+
+    Args:
+        text_tokens: (B, text_len) int64 captions.
+        p: drop probability in [0, 1].
+        null_tokens: (text_len,) or (B, text_len) null caption.
+        generator: CPU generator for the coin flips (deterministic per step).
+    Returns:
+        (B, text_len) captions with the dropped rows nulled.
+    """
+    if p <= 0.0:
+        return text_tokens
+    drop = torch.rand(text_tokens.shape[0], generator=generator) < p  # (B,) on CPU
+    drop = drop.to(text_tokens.device)
+    return torch.where(drop[:, None], null_tokens.to(text_tokens.device), text_tokens)
+
+
+def dalle_loss(logits: Any, text_tokens: torch.Tensor, image_tokens: torch.Tensor,
+               text_loss_weight: float) -> DalleLoss:
+    """Weighted next-token cross-entropy over the caption and the image codes, in fp32.
+
+    Args:
+        logits: ``Logits(text (B, text_len - 1, V_text), image (B, image_len, V_image))``.
+        text_tokens: (B, text_len) int64.
+        image_tokens: (B, image_len) int64.
+        text_loss_weight: weight of the text term; the image term gets ``1 - text_loss_weight``.
+    Returns:
+        :class:`DalleLoss`.
+    """
+    text_logits = logits.text.float()    # (B, text_len - 1, V_text)
+    image_logits = logits.image.float()  # (B, image_len, V_image)
+    text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]),
+                                text_tokens[:, 1:].reshape(-1))
+    image_loss = F.cross_entropy(image_logits.reshape(-1, image_logits.shape[-1]),
+                                 image_tokens.reshape(-1))
+    loss = text_loss_weight * text_loss + (1.0 - text_loss_weight) * image_loss
+    return DalleLoss(loss, text_loss, image_loss)
+
+
+def _as_config(value: Any, cls: type) -> Any:
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value)
+    raise TypeError(f"expected {cls.__name__} or dict, got {type(value).__name__}")
+
+
+class DalleModule(L.LightningModule):
+    """Trains a :class:`dalle.model.DalleTransformer`.
+
+    The model is built in :meth:`configure_model` (so FSDP can shard it as it is
+    created); call ``configure_model()`` yourself to use the module without a Trainer.
+
+    Args:
+        dalle_config: the transformer's config.
+        train_config: optimisation, loss weights, caption dropout, patience.
+        tokenizer_sha256: identity of the tokenizer; stored in checkpoints, checked on resume.
+        tokenizer_path: ``tokenizer.json``; needed only for batches without "text_tokens".
+        lowercase: caption normalisation of the tokenizer.
+        vqvae_dir: frozen VQVAE checkpoint; needed only for image batches (on the fly).
+        out_dir: run directory (where the non-finite stop checkpoint goes).
+    """
+
+    def __init__(self, dalle_config: DalleConfig | dict, train_config: DalleTrainConfig | dict, *,
+                 tokenizer_sha256: str | None = None, tokenizer_path: str | None = None,
+                 lowercase: bool = True, vqvae_dir: str | None = None, out_dir: str | None = None):
+        super().__init__()
+        self.config: DalleConfig = _as_config(dalle_config, DalleConfig)
+        self.train_config: DalleTrainConfig = _as_config(train_config, DalleTrainConfig)
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.save_hyperparameters({
+            "dalle_config": self.config.to_dict(),
+            "train_config": dataclasses.asdict(self.train_config),
+            "tokenizer_sha256": tokenizer_sha256,
+            "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
+            "lowercase": lowercase,
+            "vqvae_dir": None if vqvae_dir is None else str(vqvae_dir),
+            "out_dir": None if out_dir is None else str(out_dir),
+        })
+        self.model: torch.nn.Module | None = None
+        self.register_buffer("null_tokens", null_text_tokens(self.config), persistent=False)  # (1, text_len)
+        self._tokenizer = None
+        self._vqvae: list[torch.nn.Module] = []  # kept out of state_dict, optimizer and DDP
+        self.nonfinite_total = 0
+        self.nonfinite_streak = 0
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self._times: collections.deque = collections.deque(maxlen=max(2, self.train_config.log_every + 1))
+
+    # ---- construction --------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the transformer (idempotent): activation checkpointing, optional compile."""
+        if self.model is not None:
+            return
+        model = DalleTransformer(self.config)
+        if self.train_config.activation_checkpointing:
+            model.gradient_checkpointing = True
+        if self.train_config.compile:
+            model.compile()
+        self.model = model
+
+    def _text_tokenizer(self):
+        if self._tokenizer is None:
+            path = self.hparams["tokenizer_path"]
+            if path is None:
+                raise ValueError("batch has no 'text_tokens' and the module was given no tokenizer_path")
+            self._tokenizer = TextTokenizer(path, self.config.text_len, self.config.text_vocab_size,
+                                            lowercase=self.hparams["lowercase"])
+            if self.tokenizer_sha256 is not None and self._tokenizer.sha256 != self.tokenizer_sha256:
+                raise ValueError(f"tokenizer {path} has sha256 {self._tokenizer.sha256[:12]}, "
+                                 f"expected {self.tokenizer_sha256[:12]}")
+        return self._tokenizer
+
+    def vqvae(self, device: torch.device) -> torch.nn.Module:
+        """The frozen VQVAE (loaded on first use from ``vqvae_dir``), on ``device``."""
+        if not self._vqvae:
+            path = self.hparams["vqvae_dir"]
+            if path is None:
+                raise ValueError("batch holds images but the module was given no vqvae_dir")
+            vq = DiscreteVAE.from_checkpoint(path).eval().requires_grad_(False)
+            vq_cfg = vq.config
+            if vq_cfg.vocab_size != self.config.image_vocab_size or vq_cfg.grid_size != self.config.image_grid:
+                raise ValueError(f"VQVAE {path} makes {vq_cfg.grid_size}^2 codes out of {vq_cfg.vocab_size}, "
+                                 f"the transformer expects {self.config.image_grid}^2 out of "
+                                 f"{self.config.image_vocab_size}")
+            self._vqvae.append(vq)
+        vq = self._vqvae[0]
+        if next(vq.parameters()).device != device:
+            vq.to(device)
+        return vq
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self.model, self.train_config)
+        scheduler = build_scheduler(optimizer, self.train_config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- batches -------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """On CPU: count skips, tokenise captions if needed, check token shapes and ranges."""
+        batch = dict(batch)
+        for reason, count in (batch.pop("skipped", None) or {}).items():
+            self.skipped[reason] += int(count)
+        if "text_tokens" not in batch:
+            batch["text_tokens"] = self._text_tokenizer().encode(list(batch["captions"]))
+        self._check_tokens(batch)
+        return batch
+
+    def _check_tokens(self, batch: dict) -> None:
+        cfg = self.config
+        text = batch["text_tokens"]
+        if text.ndim != 2 or text.shape[1] != cfg.text_len:
+            raise ValueError(f"text_tokens must be (B, {cfg.text_len}), got {tuple(text.shape)}")
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= cfg.text_vocab_total):
+            raise ValueError(f"text_tokens out of range [0, {cfg.text_vocab_total})")
+        if "image_tokens" in batch:
+            image = batch["image_tokens"]
+            if image.ndim == 3:
+                image = batch["image_tokens"] = image.flatten(1)  # (B, h*w)
+            if image.ndim != 2 or image.shape[1] != cfg.image_len:
+                raise ValueError(f"image_tokens must be (B, {cfg.image_len}), got {tuple(image.shape)}")
+            if image.numel() and (int(image.min()) < 0 or int(image.max()) >= cfg.image_vocab_size):
+                raise ValueError(f"image_tokens out of range [0, {cfg.image_vocab_size}): "
+                                 "were the token shards made with this VQVAE?")
+        elif "images" not in batch:
+            raise ValueError("batch has neither 'image_tokens' nor 'images'")
+
+    @torch.no_grad()
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image codes from the frozen VQVAE in fp32 (as the token shards are made)."""
+        vq = self.vqvae(images.device)
+        with torch.autocast(images.device.type, enabled=False):
+            codes = vq.encode(images.float())  # (B, h, w)
+        return codes.flatten(1).long()  # (B, h*w)
+
+    # ---- loss ----------------------------------------------------------------------
+    def compute_loss(self, batch: dict, *, step: int = 0, micro: int = 0, rank: int = 0) -> DalleLoss:
+        """Loss of one batch; caption dropout is seeded by (seed, step, micro, rank).
+
+        Args:
+            batch: "text_tokens" (B, text_len) and "image_tokens" (B, image_len) or "images".
+            step, micro, rank: where this batch sits; makes the dropout reproducible on resume.
+        Returns:
+            :class:`DalleLoss`.
+        """
+        if self.model is None:
+            raise RuntimeError("call configure_model() first (a Trainer does it)")
+        text_tokens = batch["text_tokens"]
+        image_tokens = batch.get("image_tokens")
+        if image_tokens is None:
+            image_tokens = self._encode_images(batch["images"])
+        seed = int(np.random.SeedSequence([self.train_config.seed, step, micro, rank]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        text_tokens = drop_captions(text_tokens, self.train_config.caption_dropout, self.null_tokens, gen)
+        logits = self.model(text_tokens, image_tokens)
+        return dalle_loss(logits, text_tokens, image_tokens, self.train_config.text_loss_weight)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        out = self.compute_loss(batch, step=self.global_step, micro=batch_idx % self.train_config.grad_accum,
+                                rank=self.global_rank)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True)
+        if not finite:
+            self._skip_nonfinite(out)
+            return None                   # Lightning skips backward; grads are None, so no update
+        self.nonfinite_streak = 0
+        self.log("train/loss", out.loss.detach(), prog_bar=True)
+        self.log("train/text_loss", out.text_loss.detach())
+        self.log("train/image_loss", out.image_loss.detach())
+        return out.loss
+
+    def _skip_nonfinite(self, out: DalleLoss) -> None:
+        """Drop this step on every rank; stop with a checkpoint after ``nan_patience`` in a row."""
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        for opt in self.trainer.optimizers:  # grads set to None: the optimizer step is a no-op
+            opt.zero_grad(set_to_none=True)
+        log.warning("non-finite loss at step %d (text %.4g, image %.4g): step skipped (%d in a row, %d total)",
+                    self.global_step, float(out.text_loss.detach()), float(out.image_loss.detach()),
+                    self.nonfinite_streak, self.nonfinite_total)
+        self.log("train/nonfinite_steps", float(self.nonfinite_total))
+        patience = self.train_config.nan_patience
+        if patience > 0 and self.nonfinite_streak >= patience:
+            root = Path(self.hparams["out_dir"] or self.trainer.default_root_dir)
+            path = root / "checkpoints" / f"nonfinite-step{self.global_step:08d}.ckpt"
+            self.trainer.save_checkpoint(path)
+            log.error("stopping: %d consecutive non-finite losses (nan_patience=%d); last finite weights "
+                      "saved to %s. Lower the learning rate or check the data before resuming.",
+                      self.nonfinite_streak, patience, path)
+            self.trainer.should_stop = True
+
+    # ---- throughput and data-skip logging ------------------------------------------
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        tokens = batch["text_tokens"].shape[0] * self.config.block_size * self.trainer.world_size
+        total = (self._times[-1][1] if self._times else 0) + tokens
+        self._times.append((time.perf_counter(), total))
+        if len(self._times) >= 2:
+            (t0, n0), (t1, n1) = self._times[0], self._times[-1]
+            if t1 > t0:
+                self.log("train/tokens_per_s", (n1 - n0) / (t1 - t0))
+        if self.trainer.global_step % max(1, self.train_config.log_every) == 0:
+            self.log("train/nonfinite_steps", float(self.nonfinite_total))
+            for reason, count in self._global_skips().items():
+                self.log(f"data/skipped_{reason}", float(count))
+
+    def _global_skips(self) -> dict[str, int]:
+        """Skip counts summed over ranks (every rank calls this at the same steps)."""
+        counts = dict(self.skipped)
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, counts)
+            counts = dict(sum((collections.Counter(c) for c in gathered), collections.Counter()))
+        return counts
+
+    # ---- checkpoints ---------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer_sha256"] = self.tokenizer_sha256
+        checkpoint["dalle_train_state"] = {"nonfinite_total": self.nonfinite_total,
+                                           "skipped": dict(self.skipped)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("tokenizer_sha256")
+        if saved is not None and self.tokenizer_sha256 is not None and saved != self.tokenizer_sha256:
+            raise ValueError(f"checkpoint was trained with tokenizer sha256 {saved[:12]}, but this run's "
+                             f"tokenizer is {self.tokenizer_sha256[:12]}: use the original tokenizer.json")
+        saved_cfg = (checkpoint.get("hyper_parameters") or {}).get("dalle_config")
+        if saved_cfg is not None and DalleConfig.from_dict(dict(saved_cfg)) != self.config:
+            raise ValueError("checkpoint was trained with a different dalle config; "
+                             "resume with the preset it was started with")
+        state = checkpoint.get("dalle_train_state") or {}
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.skipped = collections.Counter(state.get("skipped", {}))

@@ -1,0 +1,107 @@
+"""Train the caption BPE (``dalle tokenizer train``): byte-level BPE with HF ``tokenizers``.
+
+Captions are normalised exactly as :class:`dalle.tokenizer.TextTokenizer`
+normalises them before encoding (:func:`normalize_caption`), so the merges are
+learnt on the text the model will see. The file gets one special token,
+``<|endoftext|>``. With ``vocab_size >= 257`` every byte is in the vocabulary
+(nothing is ever unknown); a smaller vocabulary (tests, toy data) keeps only
+the bytes seen in training and drops others when encoding.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import webdataset as wds
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from dalle.tokenizer import EOT, normalize_caption
+from train.config import DataConfig
+from train.data.decode import CAPTION_EXT, SkipCounter, SkipSample, decode_caption, find_image
+from train.data.loader import _CountingHandler
+from train.data.shards import expand_sources
+
+log = logging.getLogger(__name__)
+
+BYTE_ALPHABET = 256
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int, out_path: str | Path,
+                    lowercase: bool = True) -> Path:
+    """Learn a byte-level BPE on ``captions`` and write ``tokenizer.json`` atomically.
+
+    Args:
+        captions: caption strings (normalised here with :func:`normalize_caption`).
+        vocab_size: the vocabulary size including ``<|endoftext|>``; at most the
+            model's ``dalle.text_vocab_size``.
+        out_path: the ``tokenizer.json`` to write (parent directories created).
+        lowercase: lowercase captions (must match ``data.lowercase``).
+    Returns:
+        ``out_path`` as a Path.
+    Raises:
+        ValueError: vocab_size too small, or no non-empty caption.
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    full_alphabet = vocab_size > BYTE_ALPHABET
+    if not full_alphabet:
+        log.warning("vocab_size %d <= 256: bytes not seen in training cannot be encoded", vocab_size)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if full_alphabet else [])
+    n = [0]
+
+    def normalised() -> Iterator[str]:
+        for caption in captions:
+            text = normalize_caption(caption, lowercase)
+            if text:
+                n[0] += 1
+                yield text
+
+    tok.train_from_iterator(normalised(), trainer=trainer)
+    if n[0] == 0:
+        raise ValueError("no non-empty caption to train the tokenizer on")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tok.save(tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    log.info("trained a %d-token BPE on %d captions -> %s", tok.get_vocab_size(), n[0], out_path)
+    return out_path
+
+
+def captions_from_shards(sources: Any, data_cfg: DataConfig, *, limit: int | None = None,
+                         counter: SkipCounter | None = None) -> Iterator[str]:
+    """Captions of the samples in ``sources`` that have an image (images are not decoded).
+
+    Captions go through :func:`train.data.decode.decode_caption` (UTF-8, normalised
+    with ``data_cfg.lowercase``, empty ones skipped), so the tokenizer sees what
+    training sees. Skips are counted in ``counter``.
+    """
+    counter = counter if counter is not None else SkipCounter()
+    urls = expand_sources(sources)
+    n = 0
+    for sample in wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter)):
+        if find_image(sample) is None:
+            counter.add("no_image")
+            continue
+        try:
+            yield decode_caption(sample.get(CAPTION_EXT), data_cfg.lowercase)
+        except SkipSample as e:
+            counter.add(e.reason)
+            continue
+        n += 1
+        if limit is not None and n >= limit:
+            return

@@ -1,0 +1,174 @@
+"""The discrete VAE (DALL·E's image tokenizer): encoder, relaxation, decoder.
+
+Public API (what the rest of the project uses):
+
+- ``encode(images) -> image_tokens``: (B, 3, R, R) in [0, 1] -> (B, h, w) int64,
+  the argmax of the encoder logits (deterministic).
+- ``decode(image_tokens) -> images``: (B, h, w) or (B, h*w) -> (B, 3, R, R) in [0, 1].
+- ``save(dir)`` / ``DiscreteVAE.from_checkpoint(dir)``: ``vqvae.safetensors`` +
+  ``vqvae.json`` (the config), no pickle.
+
+Training uses ``forward(images, temperature)``, which returns the logits and
+the decoder's pixel-distribution parameters; the loss is in :mod:`vqvae.losses`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vqvae.config import VQVAEConfig
+from vqvae.decoder import Decoder
+from vqvae.encoder import Encoder
+from vqvae.losses import map_pixels, unmap_pixels
+from vqvae.relaxation import relax
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "vqvae.safetensors"
+CONFIG_FILE = "vqvae.json"
+
+
+class VQVAEOutput(NamedTuple):
+    logits: torch.Tensor     # (B, V, h, w) code logits
+    params: torch.Tensor     # (B, 2C, R, R) logit-Laplace (mu, log_scale) or (B, C, R, R) for MSE
+    features: torch.Tensor   # (B, F, h, w) encoder features before the logit head
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class DiscreteVAE(nn.Module):
+    """DALL·E's dVAE: images <-> a grid of ``vocab_size`` discrete codes."""
+
+    def __init__(self, cfg: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """OpenAI's init: conv weights ~ N(0, 1 / fan_in), zero biases."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, std=1.0 / math.sqrt(fan_in))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        r, c = self.config.resolution, self.config.in_channels
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != r or images.shape[3] != r:
+            raise ValueError(f"expected images of shape (B, {c}, {r}, {r}), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+
+    def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.encoder.head[-1].weight.dtype)
+        return map_pixels(x) if self.config.likelihood == "logit_laplace" else x
+
+    def params_to_images(self, params: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> (B, C, R, R) float images in [0, 1] (the distribution's mean pixel)."""
+        c = self.config.in_channels
+        if self.config.likelihood == "logit_laplace":
+            return unmap_pixels(torch.sigmoid(params[:, :c].float()))
+        return params.float().clamp(0.0, 1.0)
+
+    # ---- training ------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, temperature: float, *, noise: bool = True,
+                generator: torch.Generator | None = None) -> VQVAEOutput:
+        """Relaxed encode-decode pass used by training.
+
+        Args:
+            images: (B, C, R, R) in [0, 1].
+            temperature: relaxation temperature (> 0).
+            noise: sample Gumbel noise (False: deterministic tempered softmax).
+            generator: optional RNG for the noise.
+        Returns:
+            :class:`VQVAEOutput` with logits, decoder parameters and encoder features.
+        """
+        self._check_images(images)
+        features = self.encoder.features(self._encoder_input(images))   # (B, F, h, w)
+        logits = self.encoder.head(features)                              # (B, V, h, w)
+        z = relax(self.config.relaxation, logits, temperature, noise=noise, generator=generator)
+        params = self.decoder(z)                                          # (B, out, R, R)
+        return VQVAEOutput(logits, params, features)
+
+    # ---- inference -----------------------------------------------------------------------
+    def code_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) images in [0, 1] -> (B, V, h, w) code logits (differentiable)."""
+        self._check_images(images)
+        return self.encoder(self._encoder_input(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) images in [0, 1] -> (B, h, w) int64 codes (argmax, deterministic)."""
+        return self.code_logits(images).argmax(dim=1)                    # (B, h, w)
+
+    @torch.no_grad()
+    def decode(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) or (B, h*w) int64 codes -> (B, C, R, R) float images in [0, 1]."""
+        g, v = self.config.grid_size, self.config.vocab_size
+        if image_tokens.ndim == 2 and image_tokens.shape[1] == g * g:
+            image_tokens = image_tokens.view(-1, g, g)                    # (B, h, w)
+        if image_tokens.ndim != 3 or image_tokens.shape[1:] != (g, g):
+            raise ValueError(f"expected image tokens of shape (B, {g}, {g}) or (B, {g * g}), "
+                             f"got {tuple(image_tokens.shape)}")
+        if image_tokens.is_floating_point() or image_tokens.is_complex():
+            raise ValueError(f"expected integer image tokens, got dtype {image_tokens.dtype}")
+        image_tokens = image_tokens.long()
+        if image_tokens.numel() and (int(image_tokens.min()) < 0 or int(image_tokens.max()) >= v):
+            raise ValueError(f"image tokens must be in [0, {v}), got range "
+                             f"[{int(image_tokens.min())}, {int(image_tokens.max())}]")
+        params = self.decoder.decode_embedded(self.decoder.embed(image_tokens))
+        return self.params_to_images(params)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``vqvae.safetensors`` and ``vqvae.json`` (the config) into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _write_atomic(d / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
+        _write_atomic(d / CONFIG_FILE, lambda p: Path(p).write_text(text))
+        log.info("saved dVAE to %s", d)
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> "DiscreteVAE":
+        """Rebuild a model saved by :meth:`save`, on ``device``, in eval mode."""
+        d = Path(directory)
+        cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights_path.is_file():
+            raise ValueError(f"{d} is not a dVAE checkpoint: need {CONFIG_FILE} and {WEIGHTS_FILE}")
+        try:
+            cfg = VQVAEConfig.from_dict(json.loads(cfg_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+        model = cls(cfg)
+        try:
+            model.load_state_dict(load_file(str(weights_path), device="cpu"))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"{weights_path} does not match its config: {first}") from None
+        return model.to(device).eval()
