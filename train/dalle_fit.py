@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 from dalle.bundle import check_compatible, save_bundle
-from dalle.model import DalleTransformer
+from dalle.model import Block, DalleTransformer
 from dalle.tokenizer import TextTokenizer
 from train.config import Preset, load_preset
 from train.dalle_module import DalleModule
@@ -144,7 +144,7 @@ def fit_dalle(preset: Preset | str, out_dir: str | Path, *, tokenizer_path: str 
     data = ShardDataModule(preset.data, batch_size=cfg.batch_size, kind=kind, train_sources=sources,
                            tokenizer=tokenizer, image_grid=preset.dalle.image_grid, seed=cfg.seed)
     trainer = build_trainer(cfg, out_dir, callbacks=[SaveLastOnTrainEnd(out_dir), *callbacks],
-                            enable_progress_bar=enable_progress_bar, **trainer_overrides)
+                            enable_progress_bar=enable_progress_bar, fsdp_wrap={Block}, **trainer_overrides)
     ckpt = resume_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         log.info("resuming from %s", ckpt)

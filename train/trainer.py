@@ -59,11 +59,19 @@ def resolve_precision(precision: str) -> str:
     return "32-true" if precision == "32" else precision
 
 
-def resolve_strategy(strategy: str, devices: Any, num_nodes: int) -> Any:
-    """``auto`` -> DDP when more than one process will run, else Lightning's choice."""
+def resolve_strategy(strategy: str, devices: Any, num_nodes: int, *,
+                     fsdp_wrap: set[type] | None = None) -> Any:
+    """``auto`` -> DDP when more than one process will run, else Lightning's choice.
+
+    ``fsdp`` shards each module of a class in ``fsdp_wrap`` (the transformer's blocks)
+    as its own unit; activation checkpointing stays the model's own flag.
+    """
     if strategy != "auto":
-        if strategy == "fsdp" and not torch.cuda.is_available():
-            raise ValueError("strategy 'fsdp' needs CUDA GPUs; use 'ddp' on CPU")
+        if strategy == "fsdp":
+            if not torch.cuda.is_available():
+                raise ValueError("strategy 'fsdp' needs CUDA GPUs; use 'ddp' on CPU")
+            from lightning.pytorch.strategies import FSDPStrategy
+            return FSDPStrategy(auto_wrap_policy=fsdp_wrap)
         return strategy
     many = num_nodes > 1 or (isinstance(devices, int) and devices > 1) or (
         isinstance(devices, (list, tuple)) and len(devices) > 1)
@@ -73,7 +81,8 @@ def resolve_strategy(strategy: str, devices: Any, num_nodes: int) -> Any:
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, *, callbacks: Iterable[L.Callback] = (),
-                  enable_progress_bar: bool = True, logger: bool = True, **overrides: Any) -> L.Trainer:
+                  enable_progress_bar: bool = True, logger: bool = True, fsdp_wrap: set[type] | None = None,
+                  **overrides: Any) -> L.Trainer:
     """Build the Lightning ``Trainer`` for one training stage.
 
     Args:
@@ -82,6 +91,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, *, callbacks: Iterable[L.Call
         callbacks: extra callbacks.
         enable_progress_bar: show Lightning's progress bar.
         logger: write CSV logs.
+        fsdp_wrap: module classes FSDP shards as units (with ``strategy: fsdp``).
         overrides: extra ``Trainer`` keyword arguments (tests use these).
     Returns:
         The configured ``Trainer``.
@@ -102,7 +112,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, *, callbacks: Iterable[L.Call
         accelerator="auto",
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=resolve_strategy(cfg.strategy, cfg.devices, cfg.num_nodes),
+        strategy=resolve_strategy(cfg.strategy, cfg.devices, cfg.num_nodes, fsdp_wrap=fsdp_wrap),
         gradient_clip_val=cfg.grad_clip if cfg.grad_clip > 0 else None,
         accumulate_grad_batches=cfg.grad_accum,
         log_every_n_steps=cfg.log_every,
