@@ -34,7 +34,8 @@ def _fc_list() -> list[Path]:
     if shutil.which("fc-list") is None:
         return []
     try:
-        out = subprocess.run(["fc-list", ":", "file"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["fc-list", ":", "file"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
     except (OSError, subprocess.SubprocessError) as e:
         log.debug("fc-list failed: %s", e)
         return []

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import io
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -278,53 +275,25 @@ def scene_sample(rng: np.random.Generator, *, held_out: Iterable[Sequence[str]] 
 
 
 def write_shards(out_dir: str | Path, samples: Iterable[tuple[Image.Image, str, dict[str, Any]]], *,
-                 shard_size: int = 1000, prefix: str = "") -> list[Path]:
-    """Write (image, caption, metadata) samples as img2dataset-style webdataset tars.
+                 shard_size: int = 1000) -> list[Path]:
+    """Write (image, caption, metadata) samples as img2dataset webdataset tars (atomic, via ShardWriter).
 
-    Keys are ``{shard:05d}{index:04d}``; each tar is written to a temporary file in
-    ``out_dir`` and renamed into place, so a reader never sees a partial shard.
+    Keys are ``{shard:05d}{index:04d}`` as img2dataset writes them.
 
     Returns:
         The shard paths, in order.
     """
-    import webdataset as wds
+    from train.data.shards import ShardWriter
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    writer, tmp, shard = None, None, -1
-    count = 0
-
-    def close() -> None:
-        if writer is not None:
-            writer.close()
-            final = out_dir / f"{prefix}{shard:05d}.tar"
-            os.replace(tmp, final)
-            paths.append(final)
-
-    try:
+    with ShardWriter(out_dir, max_samples=shard_size) as writer:
         for count, (image, caption, meta) in enumerate(samples):
-            if count % shard_size == 0:
-                close()
-                shard += 1
-                fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{prefix}{shard:05d}.", suffix=".tar.tmp")
-                os.close(fd)
-                writer = wds.TarWriter(tmp)
-            key = f"{shard:05d}{count % shard_size:04d}"
+            key = f"{count // shard_size:05d}{count % shard_size:04d}"
             buf = io.BytesIO()
             image.save(buf, format="PNG")
-            writer.write({"__key__": key, "png": buf.getvalue(), "txt": caption,
-                          "json": json.dumps({"key": key, "caption": caption, **meta}).encode()})
-        close()
-        writer = None
-    finally:
-        if writer is not None:
-            writer.close()
-            if tmp and os.path.exists(tmp):
-                os.unlink(tmp)
-    return paths
+            writer.write_sample(key, image=buf.getvalue(), image_ext="png", caption=caption, meta=meta)
+    return list(writer.paths)
 
 
 def build_scenes(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int = 0, split: str = "train",

@@ -105,8 +105,7 @@ def sample_sign(rng: np.random.Generator, *, words: Sequence[str] = WORDS,
     return {"kind": "sign", "word": word, "text": word.upper(), "layout": layout, "board_color": board,
             "text_color": text, "font": _pick(rng, fonts),
             "width_frac": round(float(rng.uniform(0.62, 0.86)), 4),
-            "wall": list(_pick(rng, WALLS)), "sky": list(_pick(rng, SKIES)), "split": split,
-            "held_out_words": list(held_out)}
+            "wall": list(_pick(rng, WALLS)), "sky": list(_pick(rng, SKIES)), "split": split}
 
 
 def stroke_width(font: str, size: int) -> int:

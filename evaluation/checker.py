@@ -1,0 +1,285 @@
+"""Does an image show what its caption says? A classical checker for the synthetic data.
+
+Scenes: every pixel gets the palette colour of nearest hue and a strength
+(its chroma over the palette colour's chroma, i.e. its coverage when mixed with
+a neutral background); strong pixels of one colour form connected components.
+Each component is explained by synthesis: for each shape, an ideal render with
+the same mass and centroid, blurred by each of ``SIGMAS``, is compared with the
+object's coverage (estimated from all three channels against the local
+background); the best (shape, blur) wins, and its error must be small. The
+claims of the caption (counts of each colour x shape, sizes, one relation, the
+background) must hold exactly, every component must be a recognisable shape,
+and the fitted blur must stay below ``MAX_SIGMA`` (a heavily blurred image
+fails). Signs: see :mod:`evaluation.signcheck`.
+
+Images are analysed at ``ANALYSIS_RES`` (64) pixels whatever their size;
+below ``MIN_CHECK_RES`` (32) a check fails with "image too small".
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from train.builders.scenes import (
+    COLORS,
+    NAMED_BACKGROUNDS,
+    SHAPES,
+    SIZE_THRESHOLD,
+    draw_shape,
+)
+
+ANALYSIS_RES = 64
+MIN_CHECK_RES = 32
+STRONG = 0.5            # strength above which a pixel belongs to an object
+MIN_AREA = 12           # components smaller than this (pixels at 64 px) are specks, ignored
+REL_MARGIN = 0.03       # relations need centres this far apart (fraction of the image)
+
+_PALETTE = list(COLORS)
+_RGB = np.asarray([COLORS[c] for c in _PALETTE], dtype=np.float32)
+_CHROMA = _RGB.max(1) - _RGB.min(1)
+
+
+@dataclass
+class CheckResult:
+    """Pass or fail, why, and what was found."""
+
+    passed: bool
+    reason: str
+    found: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare(image: Image.Image, resolution: int = ANALYSIS_RES) -> np.ndarray:
+    """RGB float array (R, R, 3) in 0..255 at the analysis resolution."""
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        big = image.size[0] > resolution
+        image = image.resize((resolution, resolution),
+                             Image.Resampling.BOX if big else Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.float32)
+
+
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    c = np.maximum(mx - mn, 1e-6)
+    h = np.where(mx == r, ((g - b) / c) % 6, np.where(mx == g, (b - r) / c + 2, (r - g) / c + 4))
+    return h * 60.0
+
+
+_PALETTE_HUE = _hue(_RGB)
+
+
+def colour_maps(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel palette index (nearest hue) and strength in [0, 1]. rgb: (H, W, 3)."""
+    chroma = rgb.max(-1) - rgb.min(-1)
+    d = np.abs(_hue(rgb)[..., None] - _PALETTE_HUE)          # (H, W, P)
+    d = np.minimum(d, 360 - d)
+    label = d.argmin(-1)
+    return label, np.clip(chroma / _CHROMA[label], 0.0, 1.0)
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected components of a boolean mask, as arrays of (y, x) pixel indices."""
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    out = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        stack, pix = [(y0, x0)], []
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            pix.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        out.append(np.asarray(pix))
+    return out
+
+
+SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.5, 5.0)     # blur levels tried when fitting a shape
+MAX_SIGMA = 3.0         # a best-fitting blur at or above this means "blurred", not a rendered object
+MAX_FIT_ERROR = 0.35    # L1 error of the best template over the object's mass
+_AREA = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}       # area / side**2
+_CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 6}  # centroid below the box centre / side
+
+
+def blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) Gaussian blur along one axis, rows normalised (edges renormalised)."""
+    i = np.arange(n, dtype=np.float64)
+    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+    return k / k.sum(1, keepdims=True)
+
+
+def _coverage(shape: str, h: int, w: int, cx: float, cy: float, d: float, ss: int = 4) -> np.ndarray:
+    """Coverage (h, w) in [0, 1] of ``shape`` with side d centred at (cx, cy), in window pixels."""
+    im = Image.new("L", (w * ss, h * ss), 0)
+    x0, y0 = (cx - d / 2) * ss, (cy - d / 2) * ss
+    draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + d * ss - 1, y0 + d * ss - 1), 255)
+    return np.asarray(im.reduce(ss), dtype=np.float64) / 255.0
+
+
+def fit_shape(obs: np.ndarray) -> dict[str, Any]:
+    """Fit each shape (mass-preserving side, centroid-matched, blurred by each of SIGMAS) to a window.
+
+    Args:
+        obs: (h, w) strength of one object's colour, other objects masked out.
+    Returns:
+        ``{"shape", "sigma", "error", "d", "cx", "cy", "errors"}`` in window pixels; error is L1 / mass.
+    """
+    h, w = obs.shape
+    mass = float(obs.sum())
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    mx, my = float((obs * xs).sum() / mass), float((obs * ys).sum() / mass)
+    best: dict[str, Any] = {"error": np.inf}
+    errors = {}
+    for shape in SHAPES:
+        d = float(np.sqrt(mass / _AREA[shape]))
+        cy = my - _CENTROID_DY[shape] * d
+        cov = _coverage(shape, h, w, mx, cy, d)
+        for sigma in SIGMAS:
+            t = cov if sigma == 0 else blur_matrix(h, sigma) @ cov @ blur_matrix(w, sigma).T
+            err = float(np.abs(t - obs).sum() / mass)
+            errors[shape] = min(errors.get(shape, np.inf), err)
+            if err < best["error"]:
+                best = {"shape": shape, "sigma": sigma, "error": err, "d": d, "cx": mx, "cy": cy}
+    best["errors"] = {k: round(v, 3) for k, v in errors.items()}
+    return best
+
+
+def _describe(pix: np.ndarray, label_id: int, rgb: np.ndarray, label: np.ndarray, strength: np.ndarray,
+              others: np.ndarray) -> dict[str, Any]:
+    res = label.shape[0]
+    ys, xs = pix[:, 0], pix[:, 1]
+    pad = 8
+    Y0, Y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, res)
+    X0, X1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, res)
+    # coverage of the object colour over the local background, from all three channels (JPEG keeps
+    # luminance at full resolution even where it subsamples chroma)
+    win, free = rgb[Y0:Y1, X0:X1].astype(np.float64), ~others[Y0:Y1, X0:X1]
+    bg_pix = win[free & (strength[Y0:Y1, X0:X1] < 0.15)]
+    bg = np.median(bg_pix, axis=0) if len(bg_pix) >= 8 else np.median(win[free], axis=0)
+    c = _RGB[label_id].astype(np.float64) - bg
+    alpha = np.clip(((win - bg) @ c) / max(float(c @ c), 1.0), 0.0, 1.0)
+    tinted = (label[Y0:Y1, X0:X1] == label_id) & (strength[Y0:Y1, X0:X1] >= 0.1)   # excludes the background
+    obs = np.where(free & tinted, alpha, 0.0)
+    fit = fit_shape(obs)
+    ok = fit["error"] <= MAX_FIT_ERROR
+    side = fit["d"] / res
+    return {"color": _PALETTE[label_id], "shape": fit["shape"] if ok else "unrecognised",
+            "best_shape": fit["shape"], "error": round(fit["error"], 3), "errors": fit["errors"],
+            "sigma": fit["sigma"], "size": "large" if side >= SIZE_THRESHOLD else "small",
+            "side": round(side, 3), "cx": round((X0 + fit["cx"]) / res, 3),
+            "cy": round((Y0 + fit["cy"]) / res, 3), "area": int(len(pix))}
+
+
+def detect_objects(image: Image.Image) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Objects found in a scene image, and the background mask (weak pixels), at 64 px."""
+    rgb = prepare(image)
+    label, strength = colour_maps(rgb)
+    strong = strength >= STRONG
+    comps = [(i, pix) for i in range(len(_PALETTE)) for pix in components(strong & (label == i))
+             if len(pix) >= MIN_AREA]
+    found = []
+    for i, pix in comps:
+        others = np.zeros_like(strong)
+        for j, other in comps:
+            if other is not pix:
+                others[other[:, 0], other[:, 1]] = True
+        found.append(_describe(pix, i, rgb, label, strength, _dilate(_dilate(others))))
+    found.sort(key=lambda o: (o["cy"], o["cx"]))
+    return found, strength < 0.15
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _name(color: str, shape: str, count: int = 1) -> str:
+    return f"{count} {color} {shape}{'s' if count != 1 else ''}"
+
+
+def _relation_holds(a: dict[str, Any], b: dict[str, Any], rel: str) -> bool:
+    dx, dy = a["cx"] - b["cx"], a["cy"] - b["cy"]
+    return {"left": dx < -REL_MARGIN, "right": dx > REL_MARGIN,
+            "above": dy < -REL_MARGIN, "below": dy > REL_MARGIN}[rel]
+
+
+def background_name(rgb: np.ndarray, weak: np.ndarray) -> str | None:
+    """The named background (white / gray / black) nearest the median weak pixel, None if none."""
+    if weak.sum() < 0.2 * weak.size:
+        return None
+    med = np.median(rgb[weak], axis=0)
+    if med.max() - med.min() > 40:
+        return None
+    lum = float(med.mean())
+    return min(NAMED_BACKGROUNDS, key=lambda n: abs(np.mean(NAMED_BACKGROUNDS[n]) - lum))
+
+
+def check_scene(image: Image.Image, description: dict[str, Any]) -> CheckResult:
+    """Verify a scene image against the claims of its caption (``description["claims"]``)."""
+    claims = description["claims"]
+    found, weak = detect_objects(image)
+    for o in found:
+        if o["shape"] == "unrecognised":
+            return CheckResult(False, f"unrecognised {o['color']} blob at ({o['cx']:.2f}, {o['cy']:.2f}) "
+                                      f"(best {o['best_shape']}, error {o['error']})", found)
+    want = Counter({(c["color"], c["shape"]): c["count"] for c in claims["objects"]})
+    have = Counter((o["color"], o["shape"]) for o in found)
+    for key in sorted(set(want) | set(have)):
+        if want[key] != have[key]:
+            return CheckResult(False, f"expected {_name(*key, want[key])}, found {have[key]}", found)
+    for o in found:
+        if o["sigma"] >= MAX_SIGMA:
+            return CheckResult(False, f"blurred: the {o['color']} {o['shape']} fits best with blur "
+                                      f"sigma {o['sigma']} px", found)
+    for c in claims["objects"]:
+        if c.get("size"):
+            bad = [o for o in found if (o["color"], o["shape"]) == (c["color"], c["shape"])
+                   and o["size"] != c["size"]]
+            if bad:
+                return CheckResult(False, f"expected {c['size']} {c['color']} {c['shape']}, found "
+                                          f"side {bad[0]['side']}", found)
+    rel = claims.get("relation")
+    if rel:
+        subj = [o for o in found if (o["color"], o["shape"]) == (rel["subject"]["color"], rel["subject"]["shape"])]
+        obj = [o for o in found if (o["color"], o["shape"]) == (rel["object"]["color"], rel["object"]["shape"])]
+        if not any(_relation_holds(a, b, rel["relation"]) for a in subj for b in obj):
+            return CheckResult(False, f"the {rel['subject']['color']} {rel['subject']['shape']} is not "
+                                      f"{rel['relation']} of the {rel['object']['color']} {rel['object']['shape']}",
+                               found)
+    if claims.get("background"):
+        got = background_name(prepare(image), weak)
+        if got != claims["background"]:
+            return CheckResult(False, f"expected a {claims['background']} background, found {got}", found)
+    return CheckResult(True, "ok", found)
+
+
+def check(image: Image.Image, description: dict[str, Any]) -> CheckResult:
+    """Verify an image against a scene or sign description (the ``.json`` of a synthetic sample).
+
+    Args:
+        image: the image, any size >= ``MIN_CHECK_RES`` (analysed at 64 px).
+        description: a dict with ``"kind"`` ("scene" or "sign") and ``"claims"``.
+    Returns:
+        A :class:`CheckResult`.
+    """
+    if "claims" not in description or description.get("kind") not in ("scene", "sign"):
+        raise ValueError("description must have kind 'scene' or 'sign' and the caption's 'claims'")
+    if min(image.size) < MIN_CHECK_RES:
+        return CheckResult(False, f"image too small to check ({min(image.size)} px < {MIN_CHECK_RES} px)")
+    if description["kind"] == "scene":
+        return check_scene(image, description)
+    from evaluation.signcheck import check_sign
+    return check_sign(image, description)

@@ -1,0 +1,131 @@
+"""The dalle command: every subcommand listed, each error path one line + exit 2, generate/edit end to end."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from cli.main import build_parser, main
+from dalle.bundle import save_bundle
+from dalle.model import DalleTransformer
+from tests.helpers import random_caption
+from train.config import load_preset
+from train.text_tokenizer import train_tokenizer
+from vqvae.model import DiscreteVAE
+
+COMMANDS = ["generate", "edit", "data", "tokenizer", "vqvae", "tokens", "train", "eval"]
+
+
+def make_bundle(root, *, seed=0, vocab=None):
+    preset = load_preset("tiny", [f"vqvae.vocab_size={vocab}"] if vocab else [])
+    rng = random.Random(seed)
+    tok = train_tokenizer([random_caption(rng) for _ in range(100)], preset.dalle.text_vocab_size,
+                          root / f"tok{seed}.json")
+    torch.manual_seed(seed)
+    return save_bundle(root / f"bundle{seed}", model=DalleTransformer(preset.dalle), vqvae=DiscreteVAE(preset.vqvae),
+                       tokenizer_path=tok, meta={"test": True})
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("cli"))
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "cli.main", "-h"], capture_output=True, text=True, check=True).stdout
+    for name in COMMANDS:
+        assert f"    {name}" in out, name
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(sub) == sorted(COMMANDS)
+
+
+def test_generate_end_to_end_writes_pngs_with_metadata(bundle_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["generate", "a red circle", "two blue squares", "-n", "2", "--seed", "7", "--model", str(bundle_dir),
+               "--out", str(out), "--top-k", "8", "--guidance", "2", "-q"])
+    assert rc == 0
+    printed = capsys.readouterr().out.split()
+    pngs = sorted(out.glob("*_00[01].png"))
+    assert len(pngs) == 4 and (out / "grid.png").exists()
+    assert sorted(map(str, pngs)) == sorted(p for p in printed if not p.endswith("grid.png"))
+    im = Image.open(pngs[0])
+    assert im.size == (16, 16)
+    settings = json.loads(im.text["settings"])
+    assert settings["seed"] == 7 and settings["top_k"] == 8 and im.text["prompt"] in ("a red circle", "two blue squares")
+    # the same seed reproduces the same file content whatever -n
+    again = tmp_path / "again"
+    assert main(["generate", "a red circle", "-n", "1", "--seed", "7", "--model", str(bundle_dir), "--out",
+                 str(again), "--top-k", "8", "--guidance", "2", "-q"]) == 0
+    a = Image.open(out / "a-red-circle_000.png").convert("RGB").tobytes()
+    assert a == Image.open(again / "a-red-circle_000.png").convert("RGB").tobytes()
+
+
+def test_edit_end_to_end(bundle_dir, tmp_path):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(src)
+    out = tmp_path / "edit"
+    assert main(["edit", str(src), "a red square", "--keep-rows", "2", "-n", "2", "--model", str(bundle_dir),
+                 "--out", str(out), "-q"]) == 0
+    assert len(list(out.glob("a-red-square_*.png"))) == 2
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", ""], "empty prompt"),
+    (["generate", "x", "--top-p", "1.5"], "--top-p"),
+    (["generate", "x", "--temperature", "0"], "--temperature"),
+    (["generate", "x", "-n", "0"], "-n"),
+    (["generate", "x", "--top-k", "-3"], "--top-k"),
+    (["generate", "x", "--seed", "abc"], "--seed"),
+    (["generate", "x", "--model", "/nonexistent/model"], "model directory not found"),
+    (["edit", "/nonexistent.png", "a cat"], "image not found"),
+    (["edit", "IMG", "a cat", "--keep-fraction", "1.5"], "--keep-fraction"),
+    (["data", "inspect", "/nonexistent/*.tar"], "error"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    args = [str(tmp_path / "x.png") if a == "IMG" else a for a in args]
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unreadable_image_and_bad_model_dirs(bundle_dir, tmp_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not a picture")
+    r = run_cli("edit", str(not_image), "a cat", "--model", str(bundle_dir))
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    r = run_cli("generate", "a cat", "--model", str(empty))
+    assert r.returncode == 2 and "missing" in r.stderr
+
+    # parts that do not belong together: another run's tokenizer, another codebook size
+    other = make_bundle(tmp_path, seed=1, vocab=64)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in bundle_dir.iterdir():
+        (mixed / f.name).write_bytes(f.read_bytes())
+    (mixed / "tokenizer.json").write_bytes((other / "tokenizer.json").read_bytes())
+    r = run_cli("generate", "a cat", "--model", str(mixed))
+    assert r.returncode == 2 and "tokenizer" in r.stderr
+    (mixed / "tokenizer.json").write_bytes((bundle_dir / "tokenizer.json").read_bytes())
+    for name in ("vqvae.json", "vqvae.safetensors"):
+        (mixed / name).write_bytes((other / name).read_bytes())
+    r = run_cli("generate", "a cat", "--model", str(mixed))
+    assert r.returncode == 2 and "do not belong together" in r.stderr
+
+
+def test_long_prompt_is_truncated_with_a_warning(bundle_dir, tmp_path):
+    r = run_cli("generate", "a red circle " * 20, "-n", "1", "--model", str(bundle_dir), "--out", str(tmp_path), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "truncated" in r.stderr
