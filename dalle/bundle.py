@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from dalle.atomic import default_mode
 from dalle.config import DalleConfig
 from dalle.tokenizer import TextTokenizer, file_sha256
 from vqvae.config import VQVAEConfig
@@ -94,6 +95,7 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
     check_compatible(model.config, vqvae.config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    os.chmod(tmp, default_mode(directory=True))
     try:
         model.save(tmp)
         vqvae.save(tmp)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from dalle.atomic import atomic_write
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -21,21 +21,10 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 def save_png_atomic(image: Image.Image, path: Path, text: dict[str, str] | None = None) -> Path:
     """Save a PNG through a temporary file + rename, with optional text chunks."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def make_grid(images: Sequence[Image.Image], ncol: int | None = None, pad: int = 2,

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dalle.atomic import atomic_write, atomic_write_text
 from dalle.attention import BACKENDS, LayoutMasks, cached_attention, full_attention
 from dalle.config import DalleConfig
 from dalle.kv_cache import KVCache
@@ -309,8 +310,8 @@ class DalleTransformer(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
-        (d / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write_text(d / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         log.info("saved transformer to %s", d)
         return d
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from dalle.atomic import atomic_write_text
 from evaluation.checker import check
 from evaluation.passk import pass_at_k, rerank_pass_at_1
 from evaluation.report import pass_fail_grid, plot_lines
@@ -96,13 +95,6 @@ def vqvae_metrics(vqvae: Any, images: Sequence[Any], vocab_size: int, device: st
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
     return {"images": len(x), "psnr_db": float(torch.cat(psnrs).mean()),
             "codebook_usage": float((counts > 0).sum() / vocab_size), "code_perplexity": math.exp(entropy)}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -226,8 +218,8 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
               "best_temperature": best, "guidance": guidance, "vqvae": vq, "frechet": fd,
               "suite": [{"part": p.part, "prompt": p.prompt} for p in prompts]}
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    _atomic_text(json_path, json.dumps(result, indent=1) + "\n")
-    _atomic_text(md_path, to_markdown(result))
+    atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(md_path, to_markdown(result))
     result.update(json_path=str(json_path), markdown_path=str(md_path),
                   plots=[str(out_dir / "passk.png"), str(out_dir / "samples.png")])
     return result

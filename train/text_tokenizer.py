@@ -10,14 +10,13 @@ the bytes seen in training and drops others when encoding.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import webdataset as wds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from dalle.atomic import atomic_write
 from dalle.tokenizer import EOT, normalize_caption
 from train.config import DataConfig
 from train.data.decode import CAPTION_EXT, SkipCounter, SkipSample, decode_caption, find_image
@@ -67,17 +66,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, out_path: str | Pa
     tok.train_from_iterator(normalised(), trainer=trainer)
     if n[0] == 0:
         raise ValueError("no non-empty caption to train the tokenizer on")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tok.save(tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    out_path = atomic_write(out_path, tok.save)
     log.info("trained a %d-token BPE on %d captions -> %s", tok.get_vocab_size(), n[0], out_path)
     return out_path
 

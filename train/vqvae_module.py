@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torchvision.utils import make_grid, save_image
 
+from dalle.atomic import atomic_write
 from train.codebook import CodeUsage, restart_dead_codes
 from train.config import VQVAETrainConfig
 from train.schedules import warmup_cosine
@@ -84,17 +83,7 @@ def save_grid_atomic(images: torch.Tensor, reconstructions: torch.Tensor, path: 
     n = images.shape[0]
     grid = make_grid(torch.cat([images.float(), reconstructions.float()]).clamp(0, 1).cpu(),
                      nrow=n, padding=1)                               # (3, H, W)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_image(grid, tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))
 
 
 class VQVAEModule(L.LightningModule):

@@ -44,10 +44,12 @@ class VQVAEOutput(NamedTuple):
 
 
 def _write_atomic(path: Path, write) -> None:
+    """Temporary file + rename (vqvae/ stays free of other packages; dalle/atomic.py is the shared twin)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

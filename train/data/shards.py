@@ -27,6 +27,8 @@ from typing import Iterable
 
 import braceexpand
 
+from dalle.atomic import atomic_write_text, default_mode
+
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -99,13 +101,6 @@ def count_samples(url: str) -> int:
             if member.isreg() and "." in member.name:
                 keys.add(member.name.split(".", 1)[0])
     return len(keys)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -184,13 +179,14 @@ class ShardWriter:
         fileobj.close()
         name = f"{self.index:0{self.digits}d}"
         path = self.out_dir / f"{name}.tar"
+        os.chmod(self._tmp, default_mode())
         os.replace(self._tmp, path)
         end = time.time()
         n = len(self._keys)
         stats = {"count": n, "successes": n, "failed_to_download": 0, "failed_to_resize": 0,
                  "duration": end - self._start, "start_time": self._start, "end_time": end,
                  "status_dict": {"success": n}}
-        _atomic_write_text(self.out_dir / f"{name}_stats.json", json.dumps(stats, indent=2))
+        atomic_write_text(self.out_dir / f"{name}_stats.json", json.dumps(stats, indent=2))
         self.paths.append(path)
         self.total += n
         self.index += 1

@@ -1,0 +1,47 @@
+"""Atomic file writes: a temporary file beside the target, then a rename.
+
+A process killed mid-write leaves the old file (or none), never half a file.
+Files get the usual permissions (0666 minus the umask), not mkstemp's 0600.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def default_mode(directory: bool = False) -> int:
+    """0666 (files) or 0777 (directories) minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)`` to fill a temporary file, then move it onto ``path``.
+
+    Args:
+        path: the target file (its directory is created if missing).
+        write: writes the whole content to the path it is given.
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
