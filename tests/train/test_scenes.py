@@ -106,3 +106,18 @@ def test_bad_arguments():
         sample_scene(rng, held_out=[("pink", "circle")])
     with pytest.raises(ValueError, match="n must be"):
         build_scenes("/tmp/unused", 0)
+
+
+def test_builders_never_share_keys(tmp_path):
+    from train.builders.signs import build_signs
+
+    def keys(paths):
+        out = set()
+        for p in paths:
+            with tarfile.open(p) as tar:
+                out |= {m.name.split(".", 1)[0] for m in tar}
+        return out
+
+    scenes = keys(build_scenes(tmp_path / "scenes", 4, resolution=16, shard_size=2))
+    signs = keys(build_signs(tmp_path / "signs", 4, resolution=16, shard_size=2))
+    assert len(scenes) == 4 and len(signs) == 4 and not scenes & signs

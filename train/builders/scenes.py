@@ -275,10 +275,11 @@ def scene_sample(rng: np.random.Generator, *, held_out: Iterable[Sequence[str]] 
 
 
 def write_shards(out_dir: str | Path, samples: Iterable[tuple[Image.Image, str, dict[str, Any]]], *,
-                 shard_size: int = 1000) -> list[Path]:
+                 shard_size: int = 1000, prefix: str) -> list[Path]:
     """Write (image, caption, metadata) samples as img2dataset webdataset tars (atomic, via ShardWriter).
 
-    Keys are ``{shard:05d}{index:04d}`` as img2dataset writes them.
+    Keys are ``{prefix}{count:09d}``: the prefix names the dataset, so shards of
+    different builders mixed in one run never share a key.
 
     Returns:
         The shard paths, in order.
@@ -289,7 +290,7 @@ def write_shards(out_dir: str | Path, samples: Iterable[tuple[Image.Image, str, 
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     with ShardWriter(out_dir, max_samples=shard_size) as writer:
         for count, (image, caption, meta) in enumerate(samples):
-            key = f"{count // shard_size:05d}{count % shard_size:04d}"
+            key = f"{prefix}{count:09d}"
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             writer.write_sample(key, image=buf.getvalue(), image_ext="png", caption=caption, meta=meta)
@@ -321,7 +322,7 @@ def build_scenes(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int
             caption, desc = scene_sample(rng, held_out=held, split=split)
             yield render_scene(desc, resolution), caption, desc
 
-    paths = write_shards(out_dir, samples(), shard_size=shard_size)
+    paths = write_shards(out_dir, samples(), shard_size=shard_size, prefix="scene")
     log.info("wrote %d %s scenes in %d shards to %s", n, split, len(paths), out_dir)
     return paths
 

@@ -216,6 +216,6 @@ def build_signs(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int 
     rng = np.random.default_rng([seed, SPLITS.index(split), 2])
     samples = (sign_sample(rng, resolution, words=words, held_out=held_out, split=split, fonts=fonts)
                for _ in range(n))
-    paths = write_shards(out_dir, samples, shard_size=shard_size)
+    paths = write_shards(out_dir, samples, shard_size=shard_size, prefix="sign")
     log.info("wrote %d %s signs (fonts %s) in %d shards to %s", n, split, fonts, len(paths), out_dir)
     return paths
