@@ -18,14 +18,6 @@ from train.optim import build_optimizer, build_scheduler, param_groups
 from train.trainer import build_trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(**train_overrides):
     preset = load_preset("tiny")

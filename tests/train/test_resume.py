@@ -14,13 +14,6 @@ from train.trainer import build_trainer, latest_checkpoint
 STEPS_PER_EPOCH = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Killed(RuntimeError):
     pass

@@ -17,14 +17,6 @@ from vqvae import DiscreteVAE
 from vqvae.losses import reconstruction_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from threads and slow down badly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---- schedules -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["exponential", "cosine"])

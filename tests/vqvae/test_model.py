@@ -8,14 +8,6 @@ from vqvae import DiscreteVAE, VQVAEConfig
 from vqvae.relaxation import one_hot_channels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from threads and slow down badly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def tiny_cfg() -> VQVAEConfig:

@@ -7,14 +7,6 @@ from vqvae.losses import kl_uniform, reconstruction_loss
 from vqvae.relaxation import gumbel_softmax, relax, straight_through
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions gain nothing from threads and slow down badly on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("kind", ["gumbel", "straight_through"])
 def test_gradients_reach_the_encoder(kind):
