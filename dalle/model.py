@@ -138,10 +138,6 @@ class DalleTransformer(nn.Module):
         self.reset_parameters()
 
     @property
-    def cfg(self) -> DalleConfig:
-        return self.config
-
-    @property
     def attn_backend(self) -> str:
         return self.blocks[0].attn.backend if len(self.blocks) else "auto"
 
