@@ -149,6 +149,8 @@ def fit_shape(obs: np.ndarray) -> dict[str, Any]:
             errors[shape] = min(errors.get(shape, np.inf), err)
             if err < best["error"]:
                 best = {"shape": shape, "sigma": sigma, "error": err, "d": d, "cx": mx, "cy": cy}
+    if "shape" not in best:   # no mass to fit (or only NaN errors): nothing recognisable
+        best = {"shape": SHAPES[0], "sigma": 0.0, "error": np.inf, "d": 0.0, "cx": w / 2, "cy": h / 2}
     best["errors"] = {k: round(v, 3) for k, v in errors.items()}
     return best
 

@@ -63,3 +63,10 @@ def test_small_images_fail_and_bad_descriptions_raise():
     assert not r.passed and "too small" in r.reason
     with pytest.raises(ValueError):
         check(Image.new("RGB", (64, 64)), {"kind": "scene"})
+
+
+def test_an_empty_colour_window_is_unrecognised_not_a_crash():
+    from evaluation.checker import fit_shape
+
+    fit = fit_shape(np.zeros((12, 12)))
+    assert fit["error"] == float("inf")
