@@ -204,7 +204,29 @@ class Decoded:
     image: torch.Tensor        # (3, R, R) uint8; to_float() gives [0, 1]
 
 
-class SampleDecoder:
+class SkipCountingDecoder:
+    """Calls ``self.decode(sample)``; a :class:`SkipSample` or any other error becomes ``None``,
+    counted by reason in ``self.counter`` (a bad sample must never stop training)."""
+
+    counter: SkipCounter
+
+    def decode(self, sample: dict):
+        raise NotImplementedError
+
+    def __call__(self, sample: dict):
+        try:
+            return self.decode(sample)
+        except SkipSample as e:
+            self.counter.add(e.reason)
+            log.debug("skipped %s from %s: %s", sample.get("__key__"), sample.get("__url__"), e)
+        except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
+            self.counter.add("decode_error")
+            log.warning("unexpected error decoding %s from %s: %r",
+                        sample.get("__key__"), sample.get("__url__"), e)
+        return None
+
+
+class SampleDecoder(SkipCountingDecoder):
     """Raw webdataset sample dict -> :class:`Decoded` or ``None`` (skip counted in ``counter``).
 
     Args:
@@ -229,15 +251,3 @@ class SampleDecoder:
         image = decode_image_uint8(find_image(sample), self.cfg, resolution=self.cfg.resolution,
                                    rng=self.rng, random_crop=self.random_crop)
         return Decoded(key=str(sample.get("__key__", "")), caption=caption, image=image)
-
-    def __call__(self, sample: dict) -> Decoded | None:
-        try:
-            return self.decode(sample)
-        except SkipSample as e:
-            self.counter.add(e.reason)
-            log.debug("skipped %s from %s: %s", sample.get("__key__"), sample.get("__url__"), e)
-        except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
-            self.counter.add("decode_error")
-            log.warning("unexpected error decoding %s from %s: %r",
-                        sample.get("__key__"), sample.get("__url__"), e)
-        return None

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
-from train.data.decode import Decoded, SampleDecoder, SkipCounter, to_float
+from train.data.decode import SampleDecoder, SkipCounter, to_float
 from train.data.shards import count_samples, expand_sources
 
 log = logging.getLogger(__name__)
@@ -259,15 +259,19 @@ def build_stream(sources: Any, data_cfg: DataConfig, *, decoder_factory: Decoder
                        batches_per_rank=n)
 
 
-class ImageCollate:
-    """Decoded samples -> the image batch dict (optionally with "text_tokens")."""
+class BatchCollate:
+    """Decoded samples -> a batch dict: ``field`` stacked from each sample's attribute of the
+    same name ("images" (B, 3, R, R) uint8 until ShardLoader, or "image_tokens" (B, h*w)),
+    captions, keys, skip counts, and "text_tokens" when a tokenizer is given."""
 
-    def __init__(self, tokenizer: TextTokenizer | None = None):
+    def __init__(self, field: str, tokenizer: TextTokenizer | None = None):
+        self.field = field
+        self.attr = {"images": "image", "image_tokens": "image_tokens"}[field]
         self.tokenizer = tokenizer
 
-    def __call__(self, items: list[Decoded], skipped: dict[str, int]) -> dict:
+    def __call__(self, items: list, skipped: dict[str, int]) -> dict:
         captions = [d.caption for d in items]
-        batch = {"images": torch.stack([d.image for d in items]),   # (B, 3, R, R) uint8 until ShardLoader
+        batch = {self.field: torch.stack([getattr(d, self.attr) for d in items]),
                  "captions": captions, "keys": [d.key for d in items], "skipped": skipped}
         if self.tokenizer is not None:
             batch["text_tokens"] = self.tokenizer.encode(captions)   # (B, text_len)
@@ -294,7 +298,7 @@ def image_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train:
         A :class:`ShardStream`; wrap it with :func:`make_loader`.
     """
     factory = functools.partial(SampleDecoder, data_cfg, train=train)
-    return build_stream(sources, data_cfg, decoder_factory=factory, collate=ImageCollate(tokenizer),
+    return build_stream(sources, data_cfg, decoder_factory=factory, collate=BatchCollate("images", tokenizer),
                         batch_size=batch_size, train=train, resampled=resampled, seed=seed,
                         epoch_samples=epoch_samples, rank=rank, world_size=world_size)
 

@@ -25,8 +25,16 @@ import webdataset as wds
 
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
-from train.data.decode import CAPTION_EXT, SampleDecoder, SkipCounter, SkipSample, decode_caption, to_float
-from train.data.loader import ShardStream, _CountingHandler, build_stream
+from train.data.decode import (
+    CAPTION_EXT,
+    SampleDecoder,
+    SkipCounter,
+    SkipCountingDecoder,
+    SkipSample,
+    decode_caption,
+    to_float,
+)
+from train.data.loader import BatchCollate, ShardStream, _CountingHandler, build_stream
 from train.data.shards import ShardWriter, expand_sources
 
 log = logging.getLogger(__name__)
@@ -72,7 +80,7 @@ class DecodedTokens:
     image_tokens: torch.Tensor   # (h*w,) int64, row-major
 
 
-class TokenDecoder:
+class TokenDecoder(SkipCountingDecoder):
     """Raw token-shard sample -> :class:`DecodedTokens` or ``None`` (skip counted).
 
     Skip reasons: ``no_codes``, ``bad_codes`` (unreadable, not 2-d integer,
@@ -104,31 +112,6 @@ class TokenDecoder:
         tokens = torch.from_numpy(codes.astype(np.int64).reshape(-1))   # (h*w,) row-major
         return DecodedTokens(key=str(sample.get("__key__", "")), caption=caption, image_tokens=tokens)
 
-    def __call__(self, sample: dict) -> DecodedTokens | None:
-        try:
-            return self.decode(sample)
-        except SkipSample as e:
-            self.counter.add(e.reason)
-        except Exception as e:  # noqa: BLE001 - a bad sample must never stop training
-            self.counter.add("decode_error")
-            log.warning("unexpected error decoding %s: %r", sample.get("__key__"), e)
-        return None
-
-
-class TokenCollate:
-    """Decoded token samples -> the token batch dict (optionally with "text_tokens")."""
-
-    def __init__(self, tokenizer: TextTokenizer | None = None):
-        self.tokenizer = tokenizer
-
-    def __call__(self, items: list[DecodedTokens], skipped: dict[str, int]) -> dict:
-        captions = [d.caption for d in items]
-        batch = {"image_tokens": torch.stack([d.image_tokens for d in items]),   # (B, h*w)
-                 "captions": captions, "keys": [d.key for d in items], "skipped": skipped}
-        if self.tokenizer is not None:
-            batch["text_tokens"] = self.tokenizer.encode(captions)   # (B, text_len)
-        return batch
-
 
 def token_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train: bool = True,
                   resampled: bool | None = None, seed: int = 0, epoch_samples: int | None = None,
@@ -141,7 +124,7 @@ def token_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train:
             with another grid are skipped as ``bad_codes``.
     """
     factory = functools.partial(TokenDecoder, data_cfg, image_grid=image_grid, train=train)
-    return build_stream(sources, data_cfg, decoder_factory=factory, collate=TokenCollate(tokenizer),
+    return build_stream(sources, data_cfg, decoder_factory=factory, collate=BatchCollate("image_tokens", tokenizer),
                         batch_size=batch_size, train=train, resampled=resampled, seed=seed,
                         epoch_samples=epoch_samples, rank=rank, world_size=world_size)
 
