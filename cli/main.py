@@ -117,18 +117,11 @@ def cmd_data_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_scenes(a: argparse.Namespace) -> int:
+def cmd_data_synthetic(a: argparse.Namespace) -> int:
     from train.builders.scenes import build_scenes
-    for p in build_scenes(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split,
-                          shard_size=a.shard_size):
-        print(p)
-    return 0
-
-
-def cmd_data_signs(a: argparse.Namespace) -> int:
     from train.builders.signs import build_signs
-    for p in build_signs(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split,
-                         shard_size=a.shard_size):
+    build = {"scenes": build_scenes, "signs": build_signs}[a.data_command]
+    for p in build(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split, shard_size=a.shard_size):
         print(p)
     return 0
 
@@ -252,15 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("shards", nargs="+", metavar="SHARDS", help="paths, brace patterns or pipe: commands")
     add_preset(q)
     q.set_defaults(func=cmd_data_inspect)
-    for name, func, default_n in (("scenes", cmd_data_scenes, 20000), ("signs", cmd_data_signs, 20000)):
+    for name in ("scenes", "signs"):
         q = dsub.add_parser(name, help=f"write synthetic {name} as img2dataset shards")
         q.add_argument("out", metavar="OUT_DIR")
-        q.add_argument("-n", type=A.positive_int, default=default_n, help="number of samples")
+        q.add_argument("-n", type=A.positive_int, default=20000, help="number of samples")
         q.add_argument("--resolution", type=A.positive_int, default=64)
         q.add_argument("--seed", type=A.seed, default=0)
         q.add_argument("--split", choices=("train", "heldout"), default="train")
         q.add_argument("--shard-size", type=A.positive_int, default=1000)
-        q.set_defaults(func=func)
+        q.set_defaults(func=cmd_data_synthetic)
     q = dsub.add_parser("emoji", help="write emoji artwork with their names as img2dataset shards")
     q.add_argument("out", metavar="OUT_DIR")
     q.add_argument("--resolution", type=A.positive_int, default=64)

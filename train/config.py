@@ -159,10 +159,6 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw preset dict."""
     raw = copy.deepcopy(raw)
@@ -179,7 +175,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             raise ValueError(f"override {item!r}: {section} has no key {key!r}")
         if key in _DERIVED.get(section, ()):
             raise ValueError(f"override {item!r}: {section}.{key} is derived, set it on the vqvae")
-        raw.setdefault(section, {})[key] = _parse_value(value)
+        raw.setdefault(section, {})[key] = yaml.safe_load(value)
     return raw
 
 
