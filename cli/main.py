@@ -15,6 +15,8 @@ from cli import args as A
 
 log = logging.getLogger("dalle")
 
+DEFAULT_KEEP_FRACTION = 0.5   # `dalle edit` without --keep-rows / --keep-fraction keeps the top half
+
 
 class UsageError(Exception):
     """Bad command-line input: reported as one line, exit status 2."""
@@ -101,6 +103,8 @@ def cmd_edit(a: argparse.Namespace) -> int:
     bundle = load_model(a)
     warn_long_prompts(bundle, [prompt])
     opts = sampling_options(a)
+    if a.keep_rows is None and a.keep_fraction is None:
+        a.keep_fraction = DEFAULT_KEEP_FRACTION
     gens = edit(bundle, image, prompt, keep_rows=a.keep_rows, keep_fraction=a.keep_fraction, **opts,
                 progress=not a.quiet)
     settings = {**opts, "model": str(bundle.path), "image": str(a.image), "keep_rows": a.keep_rows,
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     keep = p.add_mutually_exclusive_group()
     keep.add_argument("--keep-rows", type=A.positive_int, default=None, help="keep the top R rows of codes")
     keep.add_argument("--keep-fraction", type=A.fraction, default=None,
-                      help="keep this fraction of the codes in raster order (default 0.5)")
+                      help=f"keep this fraction of the codes in raster order (default {DEFAULT_KEEP_FRACTION})")
     add_sampling(p)
     p.set_defaults(func=cmd_edit)
 

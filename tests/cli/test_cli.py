@@ -70,6 +70,12 @@ def test_edit_end_to_end(bundle_dir, tmp_path):
     assert main(["edit", str(src), "a red square", "--keep-rows", "2", "-n", "2", "--model", str(bundle_dir),
                  "--out", str(out), "-q"]) == 0
     assert len(list(out.glob("a-red-square_*.png"))) == 2
+    # neither --keep-rows nor --keep-fraction: the documented default keeps the top half
+    half = tmp_path / "half"
+    assert main(["edit", str(src), "a red square", "-n", "1", "--model", str(bundle_dir), "--out", str(half),
+                 "-q"]) == 0
+    settings = json.loads(Image.open(half / "a-red-square_000.png").text["settings"])
+    assert settings["keep_fraction"] == 0.5 and settings["keep_rows"] is None
 
 
 def run_cli(*args):
