@@ -54,6 +54,11 @@ class Bundle:
     meta: dict = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the models are."""
+        return next(self.model.parameters()).device
+
 
 def check_compatible(dalle_cfg: DalleConfig, vqvae_cfg: VQVAEConfig) -> None:
     """Raise :class:`BundleError` unless the transformer was built for this VQVAE."""
