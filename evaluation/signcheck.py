@@ -3,19 +3,26 @@
 1. Locate: the requested word is rendered (capitals, every sign font, ink
    heights 5-18 px, with a blank margin) and matched anywhere in the grey image
    by normalised cross-correlation (either polarity).
-2. Read: in the matched window the ink coverage and its sub-pixel ink box are
-   estimated; the word and every rival (the other lexicon words by default;
-   single-letter edits too with ``with_edits``) are rendered stretched into that
-   box, in every font, blurred like the image (sigma fitted on the requested
-   word), and correlated with the observed ink. The word and its three closest
-   rivals get a small search over the box edges.
-3. Decide: the word passes when its correlation is >= ``MIN_SCORE`` and its
-   misfit (1 - correlation) is at most ``RESIDUAL_RATIO`` of the best rival's.
+2. Find the line: board and ink levels come from the matched window; the text
+   line's sub-pixel ink box grows from the match over the neighbouring ink
+   columns (gaps up to ``GAP`` px), so the whole line is read, not just the part
+   that matched (ZOO inside BOOKS reads as BOOKS).
+3. Read: the word is fitted to the line (font, blur sigma 0-3 px, and a search
+   over the box edges); every rival (the other lexicon words by default;
+   single-letter edits too with ``with_edits``) is rendered into the same box in
+   every font at that blur, and its three closest rivals get their own box
+   search. A score is the correlation of details: the observed ink and the
+   rendering less their blur by ``DETAIL_SIGMA``, so letter shapes count rather
+   than the blob of the line, which every word of that size shares.
+4. Decide: the word fails when its best-fitting blur is over ``MAX_READ_SIGMA``
+   (too blurred to read), when its score is < ``MIN_SCORE``, or when its misfit
+   (1 - score) is more than ``RESIDUAL_RATIO`` of the best rival's.
 
-It tells the lexicon's words apart on clean, JPEG'd and mildly blurred renders
-(see ``evaluation.validate`` for measured rates). It does not read arbitrary
-text: it answers "is this the requested word rather than another word of the
-lexicon", and text in a style far from the known fonts may fail.
+It tells the lexicon's words apart on clean, JPEG'd and mildly blurred renders,
+and rejects signs whose word is painted over or replaced by blobs (see
+``evaluation.validate`` for measured rates). It does not read arbitrary text: it
+answers "is this the requested word rather than another word of the lexicon",
+and text in a style far from the known fonts may fail.
 """
 from __future__ import annotations
 
@@ -26,13 +33,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from evaluation.checker import ANALYSIS_RES, CheckResult, blur_matrix, prepare
-from train.builders.fonts import load_font, sign_fonts
+from train.builders.fonts import sign_fonts
 from train.builders.signs import BOARD_COLORS, WORDS, draw_text_centered, fit_font_size
 
 MIN_SCORE = 0.6        # the word's rendering must correlate this well with the observed ink
 RESIDUAL_RATIO = 0.75  # the word's misfit (1 - score) must be this fraction of the best rival's, or less
-READ_SIGMAS = (0.0, 0.5, 1.0, 1.5)
+READ_SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)   # blurs (px at 64 px) tried when fitting the word
+MAX_READ_SIGMA = 1.5   # text whose best-fitting blur is wider than this is too blurred to read
+DETAIL_SIGMA = 1.5     # scores compare the ink less its blur by this much: letter shapes, not the line's blob
 HEIGHTS = tuple(float(h) for h in range(5, 19))
+GAP = 3                # widest blank run (px) inside a text line
+MARGIN = 2             # px of board around the line's ink box that the read also scores
+INK = 0.3              # a pixel this far from the board level towards the ink level is ink
 _SS = 4
 _EDIT = {c: chr((ord(c) - 65 + 13) % 26 + 65) for c in map(chr, range(65, 91))}   # visually unrelated letter
 
@@ -90,103 +102,141 @@ def letter_edits(word: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def ink_mask(text: str, font: str, size: int = 96) -> tuple[Image.Image, tuple[float, ...]]:
-    """High-resolution ink of ``text`` cropped to its ink box, and the letter boundaries (fractions of width)."""
+def ink_mask(text: str, font: str, size: int = 96) -> Image.Image:
+    """High-resolution ink of ``text`` cropped to its ink (the font's side bearings left out)."""
     im = Image.new("L", (size * (len(text) + 2), size * 3), 0)
-    x0, y0, x1, y1 = draw_text_centered(ImageDraw.Draw(im), text, font, size, (im.width / 2, im.height / 2), 255)
-    f = load_font(font, size)
-    start = f.getbbox(text)[0]
-    edges = [0.0] + [(f.getlength(text[:i]) - start) / max(x1 - x0, 1) for i in range(1, len(text))] + [1.0]
-    return (im.crop((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1)))),
-            tuple(float(np.clip(e, 0, 1)) for e in edges))
+    draw_text_centered(ImageDraw.Draw(im), text, font, size, (im.width / 2, im.height / 2), 255)
+    return im.crop(im.getbbox())
+
+
+@functools.lru_cache(maxsize=1024)
+def _blur(n: int, sigma: float) -> np.ndarray:
+    """:func:`evaluation.checker.blur_matrix`, cached (windows come in few sizes)."""
+    return blur_matrix(n, sigma)
 
 
 def render_in_box(text: str, font: str, box: tuple[float, float, float, float],
-                  shape: tuple[int, int], sigma: float = 0.0) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Coverage (h, w) of ``text`` stretched to the ink box ``box``, blurred by ``sigma``, and its letter
-    column ranges."""
+                  shape: tuple[int, int], sigma: float = 0.0) -> np.ndarray:
+    """Coverage (h, w) of ``text`` with its ink stretched to the box ``box``, blurred by ``sigma``."""
     h, w = shape
     canvas = Image.new("L", (w * _SS, h * _SS), 0)
     x0, y0, x1, y1 = (int(round(v * _SS)) for v in box)
-    mask, edges = ink_mask(text, font)
     if x1 - x0 >= 2 and y1 - y0 >= 2:
-        canvas.paste(mask.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR), (x0, y0))
-    bx = [box[0] + e * (box[2] - box[0]) for e in edges]
-    cells = [(max(int(np.floor(a)), 0), min(int(np.ceil(b)), w)) for a, b in zip(bx[:-1], bx[1:])]
+        canvas.paste(ink_mask(text, font).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR), (x0, y0))
     cov = np.asarray(canvas.reduce(_SS), dtype=np.float64) / 255.0
     if sigma > 0:
-        cov = blur_matrix(h, sigma) @ cov @ blur_matrix(w, sigma).T
-    return cov, cells
+        cov = _blur(h, sigma) @ cov @ _blur(w, sigma).T
+    return cov
 
 
-def _ink_box(window: np.ndarray, template: np.ndarray, pad: int) -> tuple[np.ndarray, tuple[float, ...]] | None:
-    """Ink coverage of a matched window (grown by ``pad``) and its sub-pixel ink box.
+def _line_box(gray: np.ndarray, loc: dict[str, Any], gap: int = GAP) -> tuple[np.ndarray, tuple[float, ...]] | None:
+    """Ink map of the whole image and the sub-pixel ink box of the text line the located word lies on.
 
-    The box is searched only within one pixel of the template's own ink, so board edges are left out.
+    Board and ink levels come from the matched window. The box starts at the template's own ink (within
+    one pixel) and grows over the ink columns of the line's rows, across gaps of at most ``gap`` px, so
+    letters beyond the matched template are included; a column with about as much ink two pixels above or
+    below the line as on it (a board edge, the wall) is not text and stops the growth.
     """
-    th, tw = template.shape
-    core = window[pad:pad + th, pad:pad + tw]
-    if not (template > 0.7).any() or not (template < 0.05).any():
+    t, x, y = loc["template"], loc["x"], loc["y"]
+    th, tw = t.shape
+    core = gray[y:y + th, x:x + tw]
+    if not (t > 0.7).any() or not (t < 0.05).any():
         return None
-    board, ink = np.median(core[template < 0.05]), np.median(core[template > 0.7])
+    board, ink = np.median(core[t < 0.05]), np.median(core[t > 0.7])
     # blur dilutes thin strokes: take the ink level from the most ink-like pixels instead of the median
     ink = np.percentile(core, 98) if ink > board else np.percentile(core, 2)
     if abs(ink - board) < 0.08:
         return None
-    a = np.clip((window - board) / (ink - board), 0.0, 1.0)
-    tys, txs = np.nonzero(template > 0.3)
-    ry0, ry1 = tys.min() + pad - 1, tys.max() + pad + 2
-    rx0, rx1 = txs.min() + pad - 1, txs.max() + pad + 2
-    region = np.zeros_like(a)
-    region[ry0:ry1, rx0:rx1] = a[ry0:ry1, rx0:rx1]
-    cols, rows = region.max(0), region.max(1)
-    xs, ys = np.nonzero(cols >= 0.5)[0], np.nonzero(rows >= 0.5)[0]
-    if len(xs) < 2 or len(ys) < 2:
+    a = np.clip((gray - board) / (ink - board), 0.0, 1.0)
+    H, W = a.shape
+    tys, txs = np.nonzero(t > 0.3)
+    ry0, ry1 = max(y + tys.min() - 1, 0), min(y + tys.max() + 2, H)
+    rx0, rx1 = max(x + txs.min() - 1, 0), min(x + txs.max() + 2, W)
+    ys = np.nonzero(a[ry0:ry1, rx0:rx1].max(1) >= INK)[0] + ry0
+    if len(ys) < 2:
         return None
-    x0, x1, y0, y1 = xs[0], xs[-1], ys[0], ys[-1]
-    box = (x0 + 1 - cols[x0], y0 + 1 - rows[y0], x1 + cols[x1], y1 + rows[y1])
+    y0, y1 = int(ys[0]), int(ys[-1])
+
+    def grow_rows(x0: int, x1: int) -> tuple[np.ndarray, int, int]:     # by at most half the line's height
+        rows, top, bottom, most = a[:, x0:x1 + 1].max(1), y0, y1, max(2, (y1 - y0 + 1) // 2)
+        while top > max(y0 - most, 0) and rows[top - 1] >= INK:
+            top -= 1
+        while bottom < min(y1 + most, H - 1) and rows[bottom + 1] >= INK:
+            bottom += 1
+        return rows, top, bottom
+    _, y0, y1 = grow_rows(rx0, rx1 - 1)
+    band = a[y0:y1 + 1].max(0)
+    edge = np.maximum(a[max(y0 - 2, 0)], a[min(y1 + 2, H - 1)]) >= 0.5 * band   # as much ink off the line
+    text = (band >= INK) & ~edge
+    xs = np.nonzero(text[rx0:rx1])[0] + rx0
+    if len(xs) < 2:
+        return None
+    x0, x1 = int(xs[0]), int(xs[-1])
+    while (more := np.nonzero(text[max(x0 - gap - 1, 0):x0])[0]).size:       # grow over gaps <= gap
+        x0 = max(x0 - gap - 1, 0) + int(more[0])
+    while (more := np.nonzero(text[x1 + 1:x1 + gap + 2])[0]).size:
+        x1 = x1 + 1 + int(more[-1])
+    rows, y0, y1 = grow_rows(x0, x1)
+    cols = np.where(edge, 0.0, a[y0:y1 + 1].max(0))
+
+    def side(v: np.ndarray, i: int, step: int) -> float:          # ink reaching into the pixel beyond
+        j = i + step
+        return float(v[j]) if 0 <= j < len(v) and v[j] < INK else 0.0
+    box = (x0 + 1 - cols[x0] - side(cols, x0, -1), y0 + 1 - rows[y0] - side(rows, y0, -1),
+           x1 + cols[x1] + side(cols, x1, 1), y1 + rows[y1] + side(rows, y1, 1))
     return a, box
 
 
-def _score(a: np.ndarray, cov: np.ndarray, cells: list[tuple[int, int]]) -> float:
-    """Correlation of the rendered candidate with the observed ink, in the word's columns."""
-    c0, c1 = cells[0][0], cells[-1][1]
-    x, y = a[:, c0:c1], cov[:, c0:c1]
-    x, y = x - x.mean(), y - y.mean()
-    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / den) if den > 1e-9 else 0.0
+def _detail(x: np.ndarray) -> np.ndarray:
+    """``x`` less its blur by ``DETAIL_SIGMA``: the strokes and gaps, without the line's overall blob."""
+    h, w = x.shape
+    d = x - _blur(h, DETAIL_SIGMA) @ x @ _blur(w, DETAIL_SIGMA).T
+    return d - d.mean()
 
 
-def _refine(a: np.ndarray, text: str, font: str, box: tuple[float, ...], sigma: float, passes: int = 2) -> float:
-    """Best score of ``text`` over small moves of each ink-box edge (coordinate ascent)."""
-    box = list(box)
-    best = _score(a, *render_in_box(text, font, tuple(box), a.shape, sigma))
+def _unit(x: np.ndarray) -> np.ndarray | None:
+    """``x`` scaled to unit norm; None when it is flat."""
+    n = float(np.sqrt((x * x).sum()))
+    return x / n if n > 1e-9 else None
+
+
+def _score(observed: np.ndarray, cov: np.ndarray) -> float:
+    """Correlation of the details of a rendered candidate with ``observed`` (the unit-norm details of the ink)."""
+    d = _unit(_detail(cov))
+    return float((observed * d).sum()) if d is not None else 0.0
+
+
+def _refine(obs: np.ndarray, text: str, font: str, box: tuple[float, ...], sigma: float,
+            passes: int = 2) -> tuple[float, tuple[float, ...]]:
+    """Best score of ``text`` over small moves of each ink-box edge (coordinate ascent), and its box."""
+    box_l = list(box)
+    best = _score(obs, render_in_box(text, font, box, obs.shape, sigma))
     for _ in range(passes):
         for i in range(4):
             for step in (-1.0, -0.5, -0.25, 0.25, 0.5, 1.0):
-                trial = box.copy()
+                trial = box_l.copy()
                 trial[i] += step
                 if trial[2] - trial[0] < 2 or trial[3] - trial[1] < 2:
                     continue
-                score = _score(a, *render_in_box(text, font, tuple(trial), a.shape, sigma))
+                score = _score(obs, render_in_box(text, font, tuple(trial), obs.shape, sigma))
                 if score > best:
-                    best, box = score, trial
-    return best
+                    best, box_l = score, trial
+    return best, tuple(box_l)
 
 
 def read_scores(image: Image.Image, word: str, *, fonts: Sequence[str] | None = None,
                 lexicon: Sequence[str] = WORDS, rivals: Sequence[str] | None = None) -> dict[str, Any]:
-    """Find the word, then score it and every rival word rendered into the same ink box.
+    """Find the word's text line, fit the word to it, then score every rival word in the same box.
 
     Returns:
-        ``{"best": {score, font, x, y, w, h, template}, "rival", "rival_word", "rgb"}``.
+        ``{"best": {score, font, x, y, w, h, template}, "rival", "rival_word", "sigma", "box", "scores",
+        "rgb", "located"}``; ``best["score"]`` is 0 when no text line was found.
     """
     text = word.upper()
     if not (text.isascii() and text.isalpha()):
         raise ValueError(f"sign word {word!r} must be ASCII letters")
     rgb = prepare(image)
-    gray_np = rgb.astype(np.float64) @ np.asarray([0.299, 0.587, 0.114]) / 255.0
-    gray = gray_np
+    gray = rgb.astype(np.float64) @ np.asarray([0.299, 0.587, 0.114]) / 255.0
     fonts = list(fonts) if fonts else sign_fonts()
     loc: dict[str, Any] = {"score": -1.0}
     for font in fonts:                                   # 1. locate the text line
@@ -196,31 +246,43 @@ def read_scores(image: Image.Image, word: str, *, fonts: Sequence[str] | None = 
                 continue
             score, x, y = _ncc(gray, t)
             if score > loc["score"]:
-                loc = {"score": score, "font": font, "x": x, "y": y, "w": t.shape[1], "h": t.shape[0],
-                       "template": t}
+                loc = {"score": score, "font": font, "height": height, "x": x, "y": y, "w": t.shape[1],
+                       "h": t.shape[0], "template": t}
     out = {"best": {**loc, "score": 0.0}, "rival": 0.0, "rival_word": None, "rgb": rgb, "located": loc["score"]}
-    if loc["score"] < 0:
+    if loc["score"] < 0 or (line := _line_box(gray, loc)) is None:
         return out
-    pad = 2
-    y0, x0 = loc["y"] - pad, loc["x"] - pad
-    window = np.pad(gray_np, pad, mode="edge")[y0 + pad:y0 + pad + loc["h"] + 2 * pad,
-                                              x0 + pad:x0 + pad + loc["w"] + 2 * pad]
-    ink = _ink_box(window, loc["template"], pad)
-    if ink is None:
+    full, (bx0, by0, bx1, by1) = line
+    wx0, wy0 = int(np.floor(bx0)) - MARGIN, int(np.floor(by0)) - MARGIN
+    wx1, wy1 = int(np.ceil(bx1)) + MARGIN, int(np.ceil(by1)) + MARGIN
+    p = MARGIN + 1
+    obs = _unit(_detail(np.pad(full, p, mode="edge")[wy0 + p:wy1 + p, wx0 + p:wx1 + p]))
+    if obs is None:
         return out
-    a, box = ink
-    fit = {(f, s): _score(a, *render_in_box(text, f, box, a.shape, s)) for f in fonts for s in READ_SIGMAS}
-    sigma = max(fit, key=fit.get)[1]           # the image's blur, as seen through the requested word
-    scores, best_font = {}, {}
-    for cand in [text, *(rivals if rivals is not None else distractors(text, lexicon))]:   # 2. read
-        per = {font: _score(a, *render_in_box(cand, font, box, a.shape, sigma)) for font in fonts}
-        best_font[cand] = max(per, key=per.get)
-        scores[cand] = per[best_font[cand]]
+    line_box = (bx0 - wx0, by0 - wy0, bx1 - wx0, by1 - wy0)
+    out["box"] = (bx0, by0, bx1, by1)
+
+    def fit_word(box: tuple[float, ...]) -> tuple[str, float]:
+        fit = {(f, s): _score(obs, render_in_box(text, f, box, obs.shape, s)) for f in fonts for s in READ_SIGMAS}
+        return max(fit, key=fit.get)
+
+    font, sigma = fit_word(line_box)             # 2. fit the word: font, blur (the image's, as seen through
+    score, box = _refine(obs, text, font, line_box, sigma)       # the requested word) and ink box
+    font, sigma = fit_word(box)
+    score, box = _refine(obs, text, font, box, sigma, passes=1)
+    scores, boxes, best_font = {text: score}, {text: box}, {text: font}
+    for cand in (rivals if rivals is not None else distractors(text, lexicon)):   # 3. read the rivals
+        if cand == text:
+            continue
+        per = {(f, b): _score(obs, render_in_box(cand, f, bb, obs.shape, sigma))
+               for f in fonts for b, bb in (("word", box), ("line", line_box))}
+        (best_font[cand], which), scores[cand] = max(per, key=per.get), max(per.values())
+        boxes[cand] = box if which == "word" else line_box
     close = sorted((w for w in scores if w != text), key=scores.get, reverse=True)[:3]
-    for cand in (text, *close):                # 3. refine the box for the word and its closest rivals
-        scores[cand] = max(scores[cand], _refine(a, cand, best_font[cand], box, sigma))
+    for cand in close:                           # the closest rivals get their own box search
+        scores[cand] = max(scores[cand], _refine(obs, cand, best_font[cand], boxes[cand], sigma)[0])
     rival_word = max((w for w in scores if w != text), key=scores.get, default=None)
-    out["best"]["score"] = scores[text]
+    out["best"].update(score=scores[text], font=font)
+    out.update(sigma=sigma, scores=scores)
     out["rival"], out["rival_word"] = (scores[rival_word], rival_word) if rival_word else (0.0, None)
     return out
 
@@ -243,7 +305,10 @@ def check_sign(image: Image.Image, description: dict[str, Any], *, with_edits: b
     r = read_scores(image, claims["word"], rivals=rivals)
     best = r["best"]
     found = [{"word_score": round(best["score"], 3), "rival": r["rival_word"], "rival_score": round(r["rival"], 3),
-              "font": best.get("font"), "height": best.get("height")}]
+              "font": best.get("font"), "height": best.get("height"), "blur": r.get("sigma")}]
+    if r.get("sigma", 0.0) > MAX_READ_SIGMA:
+        return CheckResult(False, f"the word {claims['word']!r} is too blurred to read (blur {r['sigma']:.1f} px)",
+                           found)
     if best["score"] < MIN_SCORE:
         return CheckResult(False, f"the word {claims['word']!r} is not legible (match {best['score']:.2f})", found)
     if 1.0 - best["score"] > RESIDUAL_RATIO * (1.0 - r["rival"]):

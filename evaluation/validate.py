@@ -5,7 +5,9 @@ the way generated images are (Gaussian blur sigma 1 px at 64 px, JPEG quality
 75 with 4:2:0 chroma, both). Negative controls are true renders checked against
 a wrong description (wrong colour / count / shape / word / board colour) or
 images that no longer show the scene (objects swapped, heavy blur sigma 4 px,
-pixels shuffled).
+pixels shuffled) or, for signs, no longer show any word (the word painted over
+with the board colour, or replaced by random blobs of the text colour; both then
+blurred sigma 1 px, like a blurry generated sign with no legible text).
 
 Run: ``PYTHONPATH=. python -m evaluation.validate --scenes 300 --signs 100``.
 """
@@ -14,15 +16,16 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import zlib
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from evaluation.checker import check
 from evaluation.signcheck import letter_edits
 from train.builders.scenes import COLORS, SHAPES, render_scene, scene_sample
-from train.builders.signs import BOARD_COLORS, WORDS, sign_sample
+from train.builders.signs import BOARD_COLORS, TEXT_COLORS, WORDS, sign_sample
 
 Degrade = Callable[[Image.Image], Image.Image]
 
@@ -44,6 +47,24 @@ def shuffle_pixels(image: Image.Image, seed: int = 0) -> Image.Image:
     a = np.asarray(image.convert("RGB"))
     flat = a.reshape(-1, 3)[np.random.default_rng(seed).permutation(a.shape[0] * a.shape[1])]
     return Image.fromarray(flat.reshape(a.shape))
+
+
+def erase_word(image: Image.Image, desc: dict[str, Any], blobs: int = 0, seed: int = 0) -> Image.Image:
+    """The sign with its word painted over in the board colour, then ``blobs`` random ellipses of the
+    text colour drawn in the word's box (smeared, unreadable "text"); blurred sigma 1 px."""
+    ss, (w, h) = 4, image.size
+    big = image.convert("RGB").resize((w * ss, h * ss), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(big)
+    x0, y0, x1, y1 = (v * n * ss for v, n in zip(desc["text_bbox"], (w, h, w, h)))
+    draw.rectangle([np.floor(x0 / ss - 1) * ss, np.floor(y0 / ss - 1) * ss, np.ceil(x1 / ss + 1) * ss - 1,
+                    np.ceil(y1 / ss + 1) * ss - 1], fill=BOARD_COLORS[desc["board_color"]])
+    rng = np.random.default_rng(seed)
+    th = y1 - y0
+    for _ in range(blobs):
+        bw, bh = th * rng.uniform(0.3, 1.0), th * rng.uniform(0.5, 1.0)
+        cx, cy = rng.uniform(x0 + bw / 2, x1 - bw / 2), rng.uniform(y0 + bh / 2, y1 - bh / 2)
+        draw.ellipse([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], fill=TEXT_COLORS[desc["text_color"]])
+    return blur(1.0)(big.reduce(ss))
 
 
 POSITIVES: dict[str, Degrade] = {"clean": lambda im: im, "blur1": blur(1.0), "jpeg75": jpeg,
@@ -99,6 +120,9 @@ def sign_controls(desc: dict[str, Any], image: Image.Image,
     out["wrong_board_colour"] = (image, d)
     out["blurred"] = (blur(4.0)(image), desc)
     out["shuffled"] = (shuffle_pixels(image, int(rng.integers(1 << 30))), desc)
+    out["blank_board"] = (erase_word(image, desc), desc)
+    seed = zlib.crc32(image.tobytes())      # not drawn from rng, so the samples that follow are unchanged
+    out["text_blobs"] = (erase_word(image, desc, blobs=2 * len(desc["word"]), seed=seed), desc)
     return out
 
 
