@@ -156,6 +156,26 @@ def cmd_vqvae_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vqvae_eval(a: argparse.Namespace) -> int:
+    import json
+    from dalle.atomic import atomic_write_text
+    from evaluation.recon import evaluate_sources, to_markdown
+    from vqvae.model import DiscreteVAE
+    device = resolve_device(a.device)
+    vqvae = DiscreteVAE.from_checkpoint(a.vqvae, device=device)
+    names = [Path(s.rstrip("/")).name or s for s in a.shards]
+    if len(set(names)) != len(names):
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    report = evaluate_sources(vqvae, dict(zip(names, a.shards)), max_images=a.max_images,
+                              batch_size=a.batch_size, device=device, out_dir=a.out)
+    table = to_markdown(report)
+    if a.out:
+        atomic_write_text(Path(a.out) / "recon.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(Path(a.out) / "recon.md", table)
+    print(table, end="")
+    return 0
+
+
 def cmd_tokens(a: argparse.Namespace) -> int:
     import torch
     from train.data.tokens import precompute_tokens
@@ -279,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(q)
     q.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("vqvae", help="train the discrete VAE (image tokenizer)")
+    p = sub.add_parser("vqvae", help="train and evaluate the discrete VAE (image tokenizer)")
     vsub = p.add_subparsers(dest="vqvae_command", metavar="VQVAE_COMMAND", parser_class=Parser, required=True)
     q = vsub.add_parser("train", help="fit the dVAE on image shards; resumes by itself")
     q.add_argument("shards", nargs="*", metavar="SHARDS", help="default: the preset's data.train_shards")
@@ -287,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
     add_preset(q)
     q.set_defaults(func=cmd_vqvae_train)
+    q = vsub.add_parser("eval", help="reconstruction PSNR, codebook usage and perplexity on held-out shards")
+    q.add_argument("shards", nargs="+", metavar="SHARDS", help="one source per argument, reported separately")
+    q.add_argument("--vqvae", required=True, help="exported dVAE directory (or a model bundle)")
+    q.add_argument("--max-images", type=A.positive_int, default=256, help="images read per source")
+    q.add_argument("--batch-size", type=A.positive_int, default=64)
+    q.add_argument("--out", default=None, help="folder for recon.json, recon.md and reconstruction PNGs")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.set_defaults(func=cmd_vqvae_eval)
 
     p = sub.add_parser("tokens", help="encode image shards once into token shards for transformer training")
     p.add_argument("shards", nargs="+", metavar="SHARDS")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +14,7 @@ import torch
 from dalle.atomic import atomic_write_text
 from evaluation.checker import check
 from evaluation.passk import pass_at_k, rerank_pass_at_1
+from evaluation.recon import recon_metrics
 from evaluation.report import pass_fail_grid, plot_lines
 from evaluation.suite import (
     PARTS,
@@ -77,24 +77,13 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
 
 
 @torch.inference_mode()
-def vqvae_metrics(vqvae: Any, images: Sequence[Any], vocab_size: int, device: str | torch.device,
+def vqvae_metrics(vqvae: Any, images: Sequence[Any], device: str | torch.device,
                   batch_size: int = 32) -> dict[str, float]:
-    """Reconstruction PSNR (dB, mean over images) and codebook usage of real renders."""
+    """Reconstruction PSNR, codebook usage and code perplexity of real renders (PIL images)."""
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
                      for im in images]).permute(0, 3, 1, 2)                              # (N, 3, R, R)
-    psnrs, codes = [], []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        tokens = vqvae.encode(xb)                                                       # (B, h, w)
-        rec = vqvae.decode(tokens).float().clamp(0, 1)
-        mse = ((rec - xb) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        psnrs.append((10 * torch.log10(1.0 / mse)).cpu())
-        codes.append(tokens.flatten().cpu())
-    counts = torch.bincount(torch.cat(codes), minlength=vocab_size).double()
-    p = counts / counts.sum()
-    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-    return {"images": len(x), "psnr_db": float(torch.cat(psnrs).mean()),
-            "codebook_usage": float((counts > 0).sum() / vocab_size), "code_perplexity": math.exp(entropy)}
+    metrics, _ = recon_metrics(vqvae, x.split(batch_size), device)
+    return metrics
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -192,7 +181,7 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     while len(real) < n_recon:                 # fresh held-out renders: scenes and signs alternately
         real.append(render_scene(scene_sample(rng, split="heldout")[1], res) if len(real) % 2
                     else sign_sample(rng, res, split="heldout")[0])
-    vq = vqvae_metrics(bundle.vqvae, real, bundle.vqvae_config.vocab_size, bundle.device, batch_size)
+    vq = vqvae_metrics(bundle.vqvae, real, bundle.device, batch_size)
 
     samples = runs[t1]["_samples"]
     fd: dict[str, Any] = {"metric": "FD-EfficientNetLite0", "value": None}

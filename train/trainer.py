@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,6 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from dalle.atomic import atomic_write
 from train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -37,19 +37,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = str(path)
         if "://" in path:
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: _save_synced(checkpoint, tmp))
+
+
+def _save_synced(checkpoint: dict[str, Any], path: str) -> None:
+    """``torch.save`` into ``path`` and fsync it, so the rename that follows publishes whole bytes."""
+    with open(path, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def resolve_precision(precision: str) -> str:

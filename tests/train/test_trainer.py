@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+from dalle.atomic import default_mode
 from train.config import load_preset
 from train.trainer import AtomicCheckpointIO, build_trainer, latest_checkpoint, resolve_strategy
 
@@ -21,6 +22,12 @@ def test_atomic_checkpoint_never_leaves_half_a_file(tmp_path):
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(path.parent) == ["last.ckpt"]   # no temporary file left behind
+
+
+def test_atomic_checkpoint_has_normal_file_permissions(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert path.stat().st_mode & 0o777 == default_mode()   # not mkstemp's 0600
 
 
 def test_latest_checkpoint_prefers_last(tmp_path):

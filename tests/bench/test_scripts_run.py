@@ -1,0 +1,46 @@
+"""The benchmark scripts still run: the GPU ones in their CPU smoke mode on the tiny preset.
+
+They print measurements, not verdicts, so these tests only check that each runs to the end
+and prints its result lines; the numbers themselves live in BENCHMARKS.md.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train.config import load_preset
+from vqvae.model import DiscreteVAE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["bench/gpu_dalle_train.py", "--device", "cpu", "--preset", "tiny", "--modes", "eager",
+      "--warmup", "1", "--steps", "1"], ["dense", "row", "column", "conv"]),
+    (["bench/gpu_sampling.py", "--device", "cpu", "--preset", "tiny", "--batch", "2", "--modes", "eager",
+      "--repeats", "1"], ["images/s", "codes equal to first mode: 100.0%"]),
+    (["bench/gpu_vqvae.py", "--device", "cpu", "--preset", "tiny", "--iters", "1", "--warmup", "0"],
+     ["encode:", "decode:", "train step:"]),
+])
+def test_gpu_scripts_cpu_smoke(args, expect):
+    out = run_script(*args)
+    for word in expect:
+        assert word in out, out
+
+
+def test_rate_distortion_script(image_shards, tmp_path):
+    DiscreteVAE(load_preset("tiny").vqvae).save(tmp_path / "vqvae")
+    shards = image_shards(6, size=16)
+    out = run_script("bench/bench_rate_distortion.py", str(shards[0].parent), "--resolution", "16",
+                     "--vqvae", str(tmp_path / "vqvae"))
+    assert "JPEG quality: q5" in out and "q90" in out
+    assert "dVAE: 80 bits/image" in out      # tiny: 4x4 codes out of 32
