@@ -21,15 +21,17 @@ ALL="$D/scenes $D/signs $D/emoji/train"
 # 2. caption BPE
 dalle tokenizer train $ALL --preset small --out "$W/tokenizer.json"
 
-# 3. dVAE: the preset's 2000 steps, then resumed to 6000 (a second cosine cycle at T = 1/16)
+# 3. dVAE: the preset's 8000 steps, then its reconstructions on the held-out sets
 dalle vqvae train $ALL --preset small --out "$W/vqvae"
-dalle vqvae train $ALL --preset small --out "$W/vqvae" --set vqvae_train.max_steps=6000
+dalle vqvae eval "$D/heldout_scenes" "$D/heldout_signs" "$D/emoji/val" --vqvae "$W/vqvae/export" \
+  --out "$W/vqvae/eval" --device cpu
 
 # 4. token shards: 10k scenes, 10k signs and all training emoji (34,286 samples)
 dalle tokens "$D"/scenes/0000{0..9}.tar "$D"/signs/0000{0..9}.tar "$D"/emoji/train/*.tar \
   --preset small --vqvae "$W/vqvae/export" --out "$D/tokens" --shard-size 5000 --device cpu
 
-# 5. transformer (the preset's 1200 steps) and the inference bundle
+# 5. transformer (the preset's 2500 steps; bf16 autocast, 2x faster than fp32 on a CPU with
+#    AVX-512 bf16) and the inference bundle
 dalle train --preset small --tokens "$D"/tokens/*.tar --tokenizer "$W/tokenizer.json" \
-  --vqvae "$W/vqvae/export" --out "$W/dalle"
+  --vqvae "$W/vqvae/export" --out "$W/dalle" --set dalle_train.precision=bf16-mixed
 echo "bundle: $W/dalle/bundle (copy it to dalle/assets/default to ship it)"
