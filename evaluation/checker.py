@@ -25,6 +25,7 @@ below ``MIN_CHECK_RES`` (32) a check fails with "image too small".
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,26 +124,21 @@ _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 6}  # centroid b
 _YCC = np.asarray([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
+@functools.lru_cache(maxsize=1024)
 def blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) Gaussian blur along one axis, rows normalised (edges renormalised)."""
+    """(n, n) Gaussian blur along one axis, rows normalised (edges renormalised); cached, read-only."""
     i = np.arange(n, dtype=np.float64)
     k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
-    return k / k.sum(1, keepdims=True)
+    k /= k.sum(1, keepdims=True)
+    k.setflags(write=False)
+    return k
 
 
-_BLUR_CACHE: dict[tuple[int, float], np.ndarray] = {}
-
-
-def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+def blur_2d(a: np.ndarray, sigma: float) -> np.ndarray:
+    """A (h, w) array blurred by a Gaussian of ``sigma`` pixels along both axes (``sigma <= 0``: as is)."""
     if sigma <= 0:
         return a
-    mats = []
-    for n in a.shape:
-        key = (n, round(sigma, 4))
-        if key not in _BLUR_CACHE:
-            _BLUR_CACHE[key] = blur_matrix(n, sigma)
-        mats.append(_BLUR_CACHE[key])
-    return mats[0] @ a @ mats[1].T
+    return blur_matrix(a.shape[0], sigma) @ a @ blur_matrix(a.shape[1], sigma).T
 
 
 def _coverage(shape: str, h: int, w: int, cx: float, cy: float, d: float, ss: int = 4) -> np.ndarray:
@@ -183,10 +179,10 @@ def fit_shape(obs: np.ndarray, chroma: np.ndarray | None = None,
         cov = _coverage(shape, h, w, cx, cy, d)
         out = (np.inf, 0.0)
         for sigma in SIGMAS:
-            t = _blur(cov, sigma)
+            t = blur_2d(cov, sigma)
             err = float((wl * np.abs(t - obs)).sum())
             if wc.any():
-                cands = [_blur(cov, float(np.hypot(sigma, sc))) for sc in CHROMA_SIGMAS]
+                cands = [blur_2d(cov, float(np.hypot(sigma, sc))) for sc in CHROMA_SIGMAS]
                 err += min(float((wc * np.abs(c - chroma)).sum()) for c in cands)
             out = min(out, (err / mass, sigma))
         return out

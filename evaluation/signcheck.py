@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from evaluation.checker import ANALYSIS_RES, CheckResult, blur_matrix, prepare
+from evaluation.checker import ANALYSIS_RES, CheckResult, blur_2d, prepare
 from train.builders.fonts import sign_fonts
 from train.builders.signs import BOARD_COLORS, WORDS, draw_text_centered, fit_font_size
 
@@ -109,12 +109,6 @@ def ink_mask(text: str, font: str, size: int = 96) -> Image.Image:
     return im.crop(im.getbbox())
 
 
-@functools.lru_cache(maxsize=1024)
-def _blur(n: int, sigma: float) -> np.ndarray:
-    """:func:`evaluation.checker.blur_matrix`, cached (windows come in few sizes)."""
-    return blur_matrix(n, sigma)
-
-
 def render_in_box(text: str, font: str, box: tuple[float, float, float, float],
                   shape: tuple[int, int], sigma: float = 0.0) -> np.ndarray:
     """Coverage (h, w) of ``text`` with its ink stretched to the box ``box``, blurred by ``sigma``."""
@@ -123,10 +117,7 @@ def render_in_box(text: str, font: str, box: tuple[float, float, float, float],
     x0, y0, x1, y1 = (int(round(v * _SS)) for v in box)
     if x1 - x0 >= 2 and y1 - y0 >= 2:
         canvas.paste(ink_mask(text, font).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR), (x0, y0))
-    cov = np.asarray(canvas.reduce(_SS), dtype=np.float64) / 255.0
-    if sigma > 0:
-        cov = _blur(h, sigma) @ cov @ _blur(w, sigma).T
-    return cov
+    return blur_2d(np.asarray(canvas.reduce(_SS), dtype=np.float64) / 255.0, sigma)
 
 
 def _line_box(gray: np.ndarray, loc: dict[str, Any], gap: int = GAP) -> tuple[np.ndarray, tuple[float, ...]] | None:
@@ -189,8 +180,7 @@ def _line_box(gray: np.ndarray, loc: dict[str, Any], gap: int = GAP) -> tuple[np
 
 def _detail(x: np.ndarray) -> np.ndarray:
     """``x`` less its blur by ``DETAIL_SIGMA``: the strokes and gaps, without the line's overall blob."""
-    h, w = x.shape
-    d = x - _blur(h, DETAIL_SIGMA) @ x @ _blur(w, DETAIL_SIGMA).T
+    d = x - blur_2d(x, DETAIL_SIGMA)
     return d - d.mean()
 
 
