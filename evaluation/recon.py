@@ -44,18 +44,9 @@ def load_images(source: Any, resolution: int, max_images: int, *, batch_size: in
 
 
 @torch.no_grad()
-def recon_metrics(vqvae: Any, batches: Iterable[torch.Tensor],
-                  device: str | torch.device = "cpu") -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics of hard-code reconstructions over image batches, and the reconstructions (on the CPU).
-
-    Args:
-        vqvae: a :class:`vqvae.model.DiscreteVAE` (eval mode).
-        batches: (B, 3, R, R) float tensors in [0, 1].
-        device: where to run the model.
-    Returns:
-        ``({"images", "psnr_db", "codebook_usage", "code_perplexity", "bits_per_image"}, reconstructions)``.
-    """
-    cfg = vqvae.config
+def _reconstruct(vqvae: Any, batches: Iterable[torch.Tensor],
+                 device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (N,), all codes (N*h*w,) and the reconstructions (N, 3, R, R), on the CPU."""
     psnrs, codes, recons = [], [], []
     for xb in batches:
         xb = xb.to(device)
@@ -67,13 +58,31 @@ def recon_metrics(vqvae: Any, batches: Iterable[torch.Tensor],
         recons.append(rec.cpu())
     if not psnrs:
         raise ValueError("no images to evaluate")
-    counts = torch.bincount(torch.cat(codes), minlength=cfg.vocab_size).double()
+    return torch.cat(psnrs), torch.cat(codes), torch.cat(recons)
+
+
+def _summarise(psnrs: torch.Tensor, codes: torch.Tensor, cfg: Any) -> dict[str, float]:
+    counts = torch.bincount(codes, minlength=cfg.vocab_size).double()
     p = counts[counts > 0] / counts.sum()
-    metrics = {"images": int(sum(len(r) for r in recons)), "psnr_db": float(torch.cat(psnrs).mean()),
-               "codebook_usage": float((counts > 0).sum() / cfg.vocab_size),
-               "code_perplexity": math.exp(float(-(p * p.log()).sum())),
-               "bits_per_image": cfg.grid_size ** 2 * math.log2(cfg.vocab_size)}
-    return metrics, torch.cat(recons)
+    return {"images": len(psnrs), "psnr_db": float(psnrs.mean()),
+            "codebook_usage": float((counts > 0).sum() / cfg.vocab_size),
+            "code_perplexity": math.exp(float(-(p * p.log()).sum())),
+            "bits_per_image": cfg.grid_size ** 2 * math.log2(cfg.vocab_size)}
+
+
+def recon_metrics(vqvae: Any, batches: Iterable[torch.Tensor],
+                  device: str | torch.device = "cpu") -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of hard-code reconstructions over image batches, and the reconstructions (on the CPU).
+
+    Args:
+        vqvae: a :class:`vqvae.model.DiscreteVAE` (eval mode).
+        batches: (B, 3, R, R) float tensors in [0, 1].
+        device: where to run the model.
+    Returns:
+        ``({"images", "psnr_db", "codebook_usage", "code_perplexity", "bits_per_image"}, reconstructions)``.
+    """
+    psnrs, codes, recons = _reconstruct(vqvae, batches, device)
+    return _summarise(psnrs, codes, vqvae.config), recons
 
 
 def evaluate_sources(vqvae: Any, sources: Mapping[str, Any], *, max_images: int = 256,
@@ -92,16 +101,17 @@ def evaluate_sources(vqvae: Any, sources: Mapping[str, Any], *, max_images: int 
     from train.vqvae_module import save_grid_atomic
 
     report: dict[str, dict[str, float]] = {}
-    every: list[torch.Tensor] = []
+    all_psnrs, all_codes = [], []
     for name, source in sources.items():
         x = load_images(source, vqvae.config.resolution, max_images, batch_size=batch_size)
-        metrics, rec = recon_metrics(vqvae, x.split(batch_size), device)
-        report[name] = metrics
-        every.append(x)
+        psnrs, codes, rec = _reconstruct(vqvae, x.split(batch_size), device)
+        report[name] = _summarise(psnrs, codes, vqvae.config)
+        all_psnrs.append(psnrs)
+        all_codes.append(codes)
         if out_dir is not None:
             save_grid_atomic(x[:8], rec[:8], Path(out_dir) / f"recon_{name}.png")
     if len(sources) > 1:
-        report["all"], _ = recon_metrics(vqvae, torch.cat(every).split(batch_size), device)
+        report["all"] = _summarise(torch.cat(all_psnrs), torch.cat(all_codes), vqvae.config)
     return report
 
 
