@@ -16,26 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqvae.blocks import DECODER_KERNELS, BottleneckBlock
 from vqvae.config import VQVAEConfig
-
-
-class DecoderBlock(nn.Module):
-    """``id_path(x) + post_gain * res_path(x)`` with a 1x1-3x3-3x3-3x3 bottleneck."""
-
-    def __init__(self, n_in: int, n_out: int, n_layers: int) -> None:
-        super().__init__()
-        n_hid = max(1, n_out // 4)
-        self.post_gain = 1.0 / n_layers ** 2
-        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(n_in, n_hid, 1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_out, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
 def out_channels(cfg: VQVAEConfig) -> int:
@@ -54,8 +36,9 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = []
         n_in = n_init
         for g, width in enumerate(widths):
-            group: list[nn.Module] = [DecoderBlock(n_in if i == 0 else width, width, cfg.n_layers)
-                                      for i in range(cfg.n_blk_per_group)]
+            group: list[nn.Module] = [
+                BottleneckBlock(n_in if i == 0 else width, width, cfg.n_layers, DECODER_KERNELS)
+                for i in range(cfg.n_blk_per_group)]
             if g < cfg.n_groups - 1:
                 group.append(nn.Upsample(scale_factor=2, mode="nearest"))
             layers.append(nn.Sequential(*group))

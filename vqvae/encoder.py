@@ -10,26 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vqvae.blocks import ENCODER_KERNELS, BottleneckBlock
 from vqvae.config import VQVAEConfig
-
-
-class EncoderBlock(nn.Module):
-    """``id_path(x) + post_gain * res_path(x)`` with a 3x3-3x3-3x3-1x1 bottleneck."""
-
-    def __init__(self, n_in: int, n_out: int, n_layers: int) -> None:
-        super().__init__()
-        n_hid = max(1, n_out // 4)
-        self.post_gain = 1.0 / n_layers ** 2
-        self.id_path = nn.Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(n_in, n_hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_hid, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(n_hid, n_out, 1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
 class Encoder(nn.Module):
@@ -46,7 +28,7 @@ class Encoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, cfg.n_hid, 7, padding=3)]
         n_in = cfg.n_hid
         for g, width in enumerate(widths):
-            group = [EncoderBlock(n_in if i == 0 else width, width, cfg.n_layers)
+            group = [BottleneckBlock(n_in if i == 0 else width, width, cfg.n_layers, ENCODER_KERNELS)
                      for i in range(cfg.n_blk_per_group)]
             if g < cfg.n_groups - 1:
                 group.append(nn.MaxPool2d(2))
