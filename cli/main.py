@@ -122,8 +122,8 @@ def cmd_data_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_data_synthetic(a: argparse.Namespace) -> int:
-    from train.builders.scenes import build_scenes
-    from train.builders.signs import build_signs
+    from synth.scenes import build_scenes
+    from synth.signs import build_signs
     build = {"scenes": build_scenes, "signs": build_signs}[a.data_command]
     for p in build(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split, shard_size=a.shard_size):
         print(p)
@@ -131,7 +131,7 @@ def cmd_data_synthetic(a: argparse.Namespace) -> int:
 
 
 def cmd_data_emoji(a: argparse.Namespace) -> int:
-    from train.builders.emoji import build_emoji
+    from synth.emoji import build_emoji
     stats = build_emoji(a.out, a.resolution, sources=a.sources, held_out=a.held_out,
                         shard_size=a.shard_size)
     for p in [*stats.train_shards, *stats.val_shards]:

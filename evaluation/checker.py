@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from train.builders.scenes import (
+from synth.scenes import (
     COLORS,
     NAMED_BACKGROUNDS,
     SHAPES,

@@ -23,8 +23,8 @@ from evaluation.suite import (
     load_suite,
     render_description,
 )
-from train.builders.scenes import render_scene, scene_sample
-from train.builders.signs import sign_sample
+from synth.scenes import render_scene, scene_sample
+from synth.signs import sign_sample
 
 log = logging.getLogger(__name__)
 

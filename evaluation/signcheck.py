@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from evaluation.checker import ANALYSIS_RES, CheckResult, blur_2d, prepare
-from train.builders.fonts import sign_fonts
-from train.builders.signs import BOARD_COLORS, WORDS, draw_text_centered, fit_font_size
+from synth.fonts import sign_fonts
+from synth.signs import BOARD_COLORS, WORDS, draw_text_centered, fit_font_size
 
 MIN_SCORE = 0.6        # the word's rendering must correlate this well with the observed ink
 RESIDUAL_RATIO = 0.75  # the word's misfit (1 - score) must be this fraction of the best rival's, or less

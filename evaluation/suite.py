@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from train.builders.scenes import render_scene, scene_sample
-from train.builders.signs import (
+from synth.scenes import render_scene, scene_sample
+from synth.signs import (
     DEFAULT_HELD_OUT_WORDS,
     describe_sign,
     render_sign,

@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from evaluation.checker import check
 from evaluation.signcheck import letter_edits
-from train.builders.scenes import COLORS, SHAPES, render_scene, scene_sample
-from train.builders.signs import BOARD_COLORS, TEXT_COLORS, WORDS, sign_sample
+from synth.scenes import COLORS, SHAPES, render_scene, scene_sample
+from synth.signs import BOARD_COLORS, TEXT_COLORS, WORDS, sign_sample
 
 Degrade = Callable[[Image.Image], Image.Image]
 

@@ -7,9 +7,9 @@ from PIL import Image
 
 from evaluation.checker import check
 from evaluation.validate import POSITIVES, erase_word, scene_controls, sign_controls
-from train.builders.scenes import render_scene, scene_sample
-from train.builders.fonts import sign_fonts
-from train.builders.signs import render_sign, sign_sample
+from synth.scenes import render_scene, scene_sample
+from synth.fonts import sign_fonts
+from synth.signs import render_sign, sign_sample
 
 SCENES = [scene_sample(np.random.default_rng(100 + i), split="heldout" if i % 2 else "train")[1] for i in range(8)]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.builders.fonts import BUILTIN, load_font, sign_fonts
-from train.builders.signs import (
+from synth.fonts import BUILTIN, load_font, sign_fonts
+from synth.signs import (
     BOARD_COLORS,
     BOARDS,
     DEFAULT_HELD_OUT_WORDS,

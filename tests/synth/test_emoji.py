@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from train.builders.emoji import SETUP_COMMAND, build_emoji, emoji_caption
+from synth.emoji import SETUP_COMMAND, build_emoji, emoji_caption
 from train.data.inspect import inspect_shards
 from train.data.shards import expand_sources
 
@@ -70,7 +70,7 @@ def test_builds_captioned_shards_with_held_out_names(tmp_path, tiny_preset):
 
 
 def test_names_fall_back_to_the_datasource(tmp_path, monkeypatch):
-    from train.builders import emoji as builder
+    from synth import emoji as builder
     monkeypatch.setattr(builder, "NOTO_FONT_PATHS", ())      # only the fake source is "auto"-found
     monkeypatch.setitem(sys.modules, "emoji", None)          # no PyPI emoji names either
     fake_datasource(tmp_path / "emoji", with_emojibase=False)
@@ -88,7 +88,7 @@ def test_none_installed_names_the_setup_command(tmp_path):
 
 
 def test_none_installed_auto(tmp_path, monkeypatch):
-    from train.builders import emoji as builder
+    from synth import emoji as builder
     monkeypatch.setattr(builder, "NOTO_FONT_PATHS", ())      # this machine may have the real font
     with pytest.raises(ValueError, match="no emoji source is installed"):
         build_emoji(tmp_path / "out", 16, emoji_dirs=[tmp_path / "nothing"])

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from train.builders.fonts import BUILTIN, load_font, sign_fonts
-from train.builders.scenes import SPLITS, SUPERSAMPLE, write_shards
+from synth.fonts import BUILTIN, load_font, sign_fonts
+from synth.scenes import SPLITS, SUPERSAMPLE, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def sample_sign(rng: np.random.Generator, *, words: Sequence[str] = WORDS,
         words: the word list.
         held_out: words never drawn by ``split="train"``; the only words of ``split="heldout"``.
         split: ``"train"`` or ``"heldout"``.
-        fonts: font names to draw from (default: :func:`train.builders.fonts.sign_fonts`).
+        fonts: font names to draw from (default: :func:`synth.fonts.sign_fonts`).
     """
     word = _pick(rng, split_words(split, words, held_out))
     layout = _pick(rng, LAYOUTS)

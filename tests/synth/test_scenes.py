@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from evaluation.checker import detect_objects
-from train.builders.scenes import (
+from synth.scenes import (
     DEFAULT_HELD_OUT,
     build_scenes,
     caption_scene,
@@ -109,7 +109,7 @@ def test_bad_arguments():
 
 
 def test_builders_never_share_keys(tmp_path):
-    from train.builders.signs import build_signs
+    from synth.signs import build_signs
 
     def keys(paths):
         out = set()
