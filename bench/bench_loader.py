@@ -29,7 +29,7 @@ from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
 from train.data.decode import SampleDecoder, SkipCounter
 from train.data.loader import image_dataset, make_loader
-from train.data.shards import ShardWriter
+from common.shards import ShardWriter
 from train.text_tokenizer import train_tokenizer
 
 WORDS = ("a photo of a red green blue small large old new dog cat house tree car bird on in the "

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.recon import load_images, recon_metrics
+from evaluation.recon import recon_metrics
+from train.data.images import load_images
 
 QUALITIES = (5, 10, 15, 20, 30, 40, 50, 60, 75, 90)
 

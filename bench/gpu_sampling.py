@@ -72,7 +72,7 @@ def main() -> None:
             print(f"{mode:>10}: skipped (CUDA graphs need a CUDA device)")
             continue
         opts = dict(null_text_tokens=null, guidance=args.guidance, seeds=seeds, top_k=256,
-                    compile_mode=MODES[mode])
+                    compile=MODES[mode])
         try:
             sync(device)
             t0 = time.perf_counter()

@@ -1,14 +1,17 @@
 """The ``dalle`` command: parse arguments, call one function, report.
 
 Bad input gets one line on stderr and exit status 2, never a traceback
-(set DALLE_DEBUG=1 to see the traceback of an error).
+(set DALLE_DEBUG=1 to see the traceback of an error); an internal error keeps its
+traceback and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from cli import args as A
@@ -22,6 +25,13 @@ class UsageError(Exception):
     """Bad command-line input: reported as one line, exit status 2."""
 
 
+# What bad user input raises: options and files checked by the library (ValueError, its
+# BundleError) and paths that are missing or not writable. RuntimeError, KeyError, TypeError, ...
+# are bugs and end in a traceback (exit 1).
+USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FileExistsError)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line (exit 2) instead of usage + error."""
 
@@ -32,85 +42,165 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- helpers
 
 def resolve_device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available")
+    from dalle.api import resolve_device as resolve
+    return str(resolve(name))
+
+
+def load_preset_arg(a: argparse.Namespace, section: str | None = None):
+    """The preset of ``--preset`` with ``--set`` overrides (and ``--logger`` for the training ``section``)."""
+    from train.config import load_preset
+    overrides = list(a.set or [])
+    if section is not None and getattr(a, "logger", None):
+        overrides.append(f"{section}.logger={a.logger}")
+    return load_preset(a.preset, overrides)
+
+
+def sampling_options(a: argparse.Namespace):
+    """The one :class:`dalle.SamplingOptions` of a generate / edit command (validated here, once)."""
+    from dalle.options import SamplingOptions
+    scorer = "clip" if scorer_dir(a) else a.scorer       # a scorer directory is used as the clip scorer
+    return SamplingOptions(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, guidance=a.guidance,
+                           candidates=a.candidates, batch_size=a.batch_size, scorer=scorer, dtype=a.dtype,
+                           compile=a.compile, use_cache=not a.no_cache)
+
+
+def scorer_dir(a: argparse.Namespace) -> str | None:
+    """``--scorer`` when it names a scorer directory rather than a registered scorer."""
+    from dalle.rerank import MODEL_SCORERS, SCORERS
+    name = getattr(a, "scorer", None)
+    if not name or name in SCORERS or name in MODEL_SCORERS or not os.path.isdir(name):
+        return None
     return name
 
 
-def load_preset_arg(a: argparse.Namespace):
-    from train.config import load_preset
-    return load_preset(a.preset, a.set or [])
-
-
-def sampling_options(a: argparse.Namespace) -> dict:
-    return dict(n=a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                guidance=a.guidance, candidates=a.candidates, batch_size=a.batch_size)
-
-
 def load_model(a: argparse.Namespace):
-    from dalle.bundle import load_bundle
-    return load_bundle(a.model, device=resolve_device(a.device))
+    from dalle import Dalle
+    model = Dalle.from_pretrained(a.model, device=a.device)
+    if scorer_dir(a):
+        model.set_scorer(scorer_dir(a))      # refused unless trained with this model's tokenizer
+    return model
 
 
-def warn_long_prompts(bundle, prompts: list[str]) -> None:
-    limit = bundle.tokenizer.text_len
+# disk and filesystem failures that are the user's to fix (full disk, quota, read-only, no access)
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG}
+
+
+def check_prompt(text: str) -> str:
+    """The stripped prompt; bytes that are not UTF-8 (kept by Python as surrogates) are refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"prompt is not valid UTF-8 text (byte 0x{ord(text[e.start]) & 0xFF:02x} at "
+                         f"position {e.start}); pass it in UTF-8") from None
+    return text.strip()
+
+
+def check_out_dir(out: str) -> Path:
+    """Create ``--out`` if needed and make sure a file can be written there, before any sampling."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {out}: part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise UsageError(f"--out {out} cannot be created: {e.strerror or e}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".dalle-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--out {out} is not writable: {e.strerror or e}") from None
+    return path
+
+
+def load_edit_image(path: str, resolution: int):
+    """``dalle edit``'s input through the training decoder (colour modes, 16-bit, alpha, the
+    decompression-bomb guard, centre crop): (3, resolution, resolution) float in [0, 1]."""
+    from dalle.pipeline import prepare_image
+    try:
+        return prepare_image(path, resolution)[0]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def warn_long_prompts(model, prompts: list[str]) -> None:
+    limit = model.tokenizer.text_len
     for p in prompts:
-        n = bundle.tokenizer.n_tokens(p)
+        n = model.tokenizer.n_tokens(p)
         if n > limit:
             print(f"dalle: warning: prompt is {n} tokens, truncated to {limit}: {p[:60]!r}", file=sys.stderr)
 
 
-def report(paths, grid) -> None:
-    for p in paths:
-        print(p)
-    print(grid)
+def report(gens, settings: dict, paths, grid, *, as_json: bool = False, show_scores: bool = False) -> None:
+    """Print the written paths (with --show-scores: each image's candidate index and score), or with
+    --json one JSON line per image (the grid is in each line)."""
+    if not as_json:
+        for g, p in zip(gens, paths):
+            print(f"{p}\tcandidate {g.index}\t{settings.get('scorer')} {g.score:.4f}" if show_scores else p)
+        print(grid)
+        return
+    import json
+    for g, p in zip(gens, paths):
+        print(json.dumps({"path": str(p), "prompt": g.prompt, "seed": settings["seed"], "index": g.index,
+                          "image_seed": g.seed, "score": round(g.score, 6), "grid": str(grid),
+                          "settings": settings}, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    prompts = [p.strip() for p in a.prompts]
+    prompts = [check_prompt(p) for p in a.prompts]
     if any(not p for p in prompts):
         raise UsageError("empty prompt: give a caption such as \"a red circle\"")
+    check_out_dir(a.out)
     from dalle.images import save_generations
-    from dalle.pipeline import generate
-    bundle = load_model(a)
-    warn_long_prompts(bundle, prompts)
-    opts = sampling_options(a)
-    gens = generate(bundle, prompts, **opts, progress=not a.quiet)
-    paths, grid = save_generations(gens, a.out, {**opts, "model": str(bundle.path)}, scale=a.scale)
-    report(paths, grid)
+    options = sampling_options(a)
+    model = load_model(a)
+    warn_long_prompts(model, prompts)
+    gens = model.generate(prompts, n=a.n, seed=a.seed, options=options, progress=not a.quiet)
+    settings = {"n": a.n, "seed": a.seed, **options.to_dict(), "model": str(model.path)}
+    report(gens, settings, *save_generations(gens, a.out, settings, scale=a.scale, overwrite=a.overwrite),
+           as_json=a.json,
+           show_scores=a.show_scores)
     return 0
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
-    prompt = a.prompt.strip()
+    prompt = check_prompt(a.prompt)
     if not prompt:
         raise UsageError("empty prompt: describe the whole edited image")
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(a.image) as im:
-            image = im.convert("RGB")
-    except FileNotFoundError:
-        raise UsageError(f"image not found: {a.image}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"cannot read {a.image} as an image ({e.__class__.__name__})") from None
+    if not Path(a.image).is_file():
+        raise UsageError(f"image not found: {a.image}")
+    check_out_dir(a.out)
     from dalle.images import save_generations
-    from dalle.pipeline import edit
-    bundle = load_model(a)
-    warn_long_prompts(bundle, [prompt])
-    opts = sampling_options(a)
+    options = sampling_options(a)
+    model = load_model(a)
+    image = load_edit_image(a.image, model.resolution)                 # (3, R, R) in [0, 1]
+    warn_long_prompts(model, [prompt])
     if a.keep_rows is None and a.keep_fraction is None:
         a.keep_fraction = DEFAULT_KEEP_FRACTION
-    gens = edit(bundle, image, prompt, keep_rows=a.keep_rows, keep_fraction=a.keep_fraction, **opts,
-                progress=not a.quiet)
-    settings = {**opts, "model": str(bundle.path), "image": str(a.image), "keep_rows": a.keep_rows,
-                "keep_fraction": a.keep_fraction}
-    paths, grid = save_generations(gens, a.out, settings, scale=a.scale)
-    report(paths, grid)
+    gens = model.edit(image, prompt, keep_rows=a.keep_rows, keep_fraction=a.keep_fraction, n=a.n, seed=a.seed,
+                      options=options, progress=not a.quiet)
+    settings = {"n": a.n, "seed": a.seed, **options.to_dict(), "model": str(model.path), "image": str(a.image),
+                "keep_rows": a.keep_rows, "keep_fraction": a.keep_fraction}
+    report(gens, settings, *save_generations(gens, a.out, settings, scale=a.scale, overwrite=a.overwrite),
+           as_json=a.json,
+           show_scores=a.show_scores)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        from serve.app import run
+        from serve.requests import Limits
+    except ImportError as e:
+        raise UsageError(f"dalle serve needs the serve extra ({e.name} is missing): "
+                         "pip install -e \".[serve]\"") from None
+    limits = Limits(max_n=a.max_n, max_candidates=a.max_candidates, max_prompts=a.max_prompts,
+                    max_upload_bytes=int(a.max_upload_mb * 2**20), queue_size=a.queue)
+    run(a.model, host=a.host, port=a.port, device=a.device, limits=limits)
     return 0
 
 
@@ -125,7 +215,12 @@ def cmd_data_synthetic(a: argparse.Namespace) -> int:
     from synth.scenes import build_scenes
     from synth.signs import build_signs
     build = {"scenes": build_scenes, "signs": build_signs}[a.data_command]
-    for p in build(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split, shard_size=a.shard_size):
+    extra = {}
+    if a.data_command == "signs":
+        from synth.signs import DEFAULT_HELD_OUT_WORDS
+        extra["held_out"] = (*DEFAULT_HELD_OUT_WORDS, *a.held_out_words)
+    for p in build(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split, shard_size=a.shard_size,
+                   **extra):
         print(p)
     return 0
 
@@ -144,15 +239,28 @@ def cmd_tokenizer_train(a: argparse.Namespace) -> int:
     preset = load_preset_arg(a)
     vocab = a.vocab_size or preset.dalle.text_vocab_size
     path = train_tokenizer(captions_from_shards(a.shards, preset.data), vocab, a.out,
-                           lowercase=preset.data.lowercase)
+                           lowercase=preset.data.lowercase, spell=not a.no_spell)
     print(path)
     return 0
 
 
 def cmd_vqvae_train(a: argparse.Namespace) -> int:
     from train.vqvae_fit import fit_vqvae
-    preset = load_preset_arg(a)
-    print(fit_vqvae(preset, Path(a.out), train_shards=a.shards or None, resume=not a.no_resume))
+    preset = load_preset_arg(a, "vqvae_train")
+    print(fit_vqvae(preset, Path(a.out), train_shards=a.shards or None, resume=not a.no_resume,
+                    init_from=a.init_from))
+    return 0
+
+
+def cmd_vqvae_codebook(a: argparse.Namespace) -> int:
+    from train.patch_vq_module import fit_codebook
+    from vqvae.patch_vq import PatchVQConfig
+    preset = load_preset_arg(a, "vqvae_train")
+    if not isinstance(preset.vqvae, PatchVQConfig):
+        raise UsageError(f"preset {preset.name!r} has no patch_vq image tokenizer (vqvae.kind)")
+    counts = a.images if len(a.images) > 1 else a.images * len(a.shards)
+    print(fit_codebook(preset.vqvae, a.shards, counts, a.out, iters=preset.vqvae_train.kmeans_iters,
+                       seed=preset.vqvae_train.seed))
     return 0
 
 
@@ -160,14 +268,17 @@ def cmd_vqvae_eval(a: argparse.Namespace) -> int:
     import json
     from dalle.atomic import atomic_write_text
     from evaluation.recon import evaluate_sources, to_markdown
-    from vqvae.model import DiscreteVAE
+    from train.data.images import load_described_images
+    from vqvae.registry import load_image_tokenizer
     device = resolve_device(a.device)
-    vqvae = DiscreteVAE.from_checkpoint(a.vqvae, device=device)
+    vqvae = load_image_tokenizer(a.vqvae, device=device)
     names = [Path(s.rstrip("/")).name or s for s in a.shards]
     if len(set(names)) != len(names):
         names = [f"{i}:{n}" for i, n in enumerate(names)]
-    report = evaluate_sources(vqvae, dict(zip(names, a.shards)), max_images=a.max_images,
-                              batch_size=a.batch_size, device=device, out_dir=a.out)
+    loaded = {name: load_described_images(source, vqvae.config.resolution, a.max_images)
+              for name, source in zip(names, a.shards)}
+    report = evaluate_sources(vqvae, {n: x for n, (x, _) in loaded.items()}, batch_size=a.batch_size,
+                              device=device, out_dir=a.out, descriptions={n: d for n, (_, d) in loaded.items()})
     table = to_markdown(report)
     if a.out:
         atomic_write_text(Path(a.out) / "recon.json", json.dumps(report, indent=2) + "\n")
@@ -178,18 +289,16 @@ def cmd_vqvae_eval(a: argparse.Namespace) -> int:
 
 def cmd_tokens(a: argparse.Namespace) -> int:
     import torch
+    from train.config import with_image_tokenizer
     from train.data.tokens import precompute_tokens
-    from vqvae.model import DiscreteVAE
-    preset = load_preset_arg(a)
+    from vqvae.registry import load_image_tokenizer
     device = resolve_device(a.device)
-    vqvae = DiscreteVAE.from_checkpoint(a.vqvae).to(device).eval()
-    if vqvae.config.resolution != preset.data.resolution:
-        raise UsageError(f"{a.vqvae} works at {vqvae.config.resolution} px but preset "
-                         f"{preset.name!r} at {preset.data.resolution} px")
+    image_tokenizer = load_image_tokenizer(a.vqvae, device=device)
+    preset = with_image_tokenizer(load_preset_arg(a), image_tokenizer.config)   # resolution from the artefact
 
     def encode(images: "torch.Tensor") -> "torch.Tensor":
         with torch.inference_mode():
-            return vqvae.encode(images.to(device)).cpu()
+            return image_tokenizer.encode(images.to(device)).cpu()
 
     stats = precompute_tokens(a.shards, a.out, encode, preset.data, batch_size=a.batch_size,
                               shard_size=a.shard_size)
@@ -199,11 +308,36 @@ def cmd_tokens(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from train.dalle_fit import fit_dalle
-    preset = load_preset_arg(a)
+    preset = load_preset_arg(a, "dalle_train")
     if not a.tokens and not a.shards:
         raise UsageError("give --tokens (precomputed token shards) or --shards with --on-the-fly")
     print(fit_dalle(preset, Path(a.out), tokenizer_path=a.tokenizer, vqvae_dir=a.vqvae,
-                    token_shards=a.tokens or None, image_shards=a.shards or None, resume=not a.no_resume))
+                    token_shards=a.tokens or None, image_shards=a.shards or None, resume=not a.no_resume,
+                    init_from=a.init_from, val_token_shards=a.val_tokens or None))
+    return 0
+
+
+def cmd_scorer_train(a: argparse.Namespace) -> int:
+    from train.scorer_fit import fit_scorer
+    preset = load_preset_arg(a, "scorer_train")
+    print(fit_scorer(preset, Path(a.out), train_shards=a.shards, tokenizer_path=a.tokenizer,
+                     resume=not a.no_resume))
+    return 0
+
+
+def cmd_scorer_eval(a: argparse.Namespace) -> int:
+    from evaluation.scorer_eval import evaluate_scorer, to_markdown
+    report = evaluate_scorer(a.scorer, a.shards, tokenizer_path=a.tokenizer, max_images=a.max_images,
+                             batch_size=a.batch_size, seed=a.seed, device=resolve_device(a.device), out=a.out)
+    print(to_markdown(report), end="")
+    return 0
+
+
+def cmd_scorer_attach(a: argparse.Namespace) -> int:
+    from dalle.bundle import load_bundle
+    from dalle.scorer import ImageTextScorer, attach_scorer
+    load_bundle(a.model)                             # a bundle that loads, before it is changed
+    print(attach_scorer(a.model, ImageTextScorer.from_checkpoint(a.scorer)))
     return 0
 
 
@@ -229,11 +363,25 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=A.nonneg_float, default=1.0,
                    help="classifier-free guidance scale (1: off)")
     p.add_argument("--candidates", type=A.positive_int, default=None,
-                   help="draw this many per prompt and keep the best -n by mean log-probability")
+                   help="draw this many per prompt and keep the best -n by --scorer")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=16)
-    p.add_argument("--scale", type=A.positive_int, default=1, help="nearest-neighbour upscaling of the PNGs")
+    p.add_argument("--scorer", default="logprob",
+                   help="how --candidates are ranked: logprob (default: mean code log-probability), clip (the "
+                        "model's image-caption scorer), or a scorer directory from 'dalle scorer train'")
+    p.add_argument("--show-scores", action="store_true",
+                   help="print each image's candidate index and score next to its path")
+    p.add_argument("--dtype", default="auto",
+                   help="compute and KV-cache dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="torch.compile the decode step with this mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at each step")
+    p.add_argument("--scale", type=A.scale, default=1, help="nearest-neighbour upscaling of the PNGs (1-32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace images of the same name in --out (default: keep them, write name-2.png, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON line per image (path, prompt, seed, image_seed, score, settings)")
 
 
 def add_preset(p: argparse.ArgumentParser, default: str = "small") -> None:
@@ -263,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling(p)
     p.set_defaults(func=cmd_edit)
 
+    p = sub.add_parser("serve", help="a local web page for generating and editing (the serve extra)")
+    p.add_argument("--model", default=None, help="model bundle directory (default: the embedded model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 shares it)")
+    p.add_argument("--port", type=A.positive_int, default=7860)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--max-n", type=A.positive_int, default=16, help="images per prompt a request may ask for")
+    p.add_argument("--max-candidates", type=A.positive_int, default=64)
+    p.add_argument("--max-prompts", type=A.positive_int, default=8, help="prompts (lines) per request")
+    p.add_argument("--max-upload-mb", type=A.positive_float, default=8.0, help="largest image upload")
+    p.add_argument("--queue", type=A.positive_int, default=4,
+                   help="requests that may wait behind the running one; more get 'busy, try again'")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("data", help="inspect shards and build the built-in datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", parser_class=Parser, required=True)
     q = dsub.add_parser("inspect", help="stream shards through the training decode path and count")
@@ -277,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=A.seed, default=0)
         q.add_argument("--split", choices=("train", "heldout"), default="train")
         q.add_argument("--shard-size", type=A.positive_int, default=1000)
+        if name == "signs":
+            q.add_argument("--held-out-words", type=A.word_list, default=[], metavar="WORD,...",
+                           help="words kept out of training in addition to the defaults "
+                                "(OpenAI, MUSEUM, ROBOTS, KEDUVA, ZUGEVU, NIMUZA); --split heldout draws only them")
         q.set_defaults(func=cmd_data_synthetic)
     q = dsub.add_parser("emoji", help="write emoji artwork with their names as img2dataset shards")
     q.add_argument("out", metavar="OUT_DIR")
@@ -296,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--vocab-size", type=A.positive_int, default=None,
                    help="default: the preset's dalle.text_vocab_size")
     q.add_argument("--out", default="tokenizer.json")
+    q.add_argument("--no-spell", action="store_true",
+                   help="plain BPE: no character tokens for the text a caption asks to draw")
     add_preset(q)
     q.set_defaults(func=cmd_tokenizer_train)
 
@@ -305,9 +473,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("shards", nargs="*", metavar="SHARDS", help="default: the preset's data.train_shards")
     q.add_argument("--out", default="runs/vqvae")
     q.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    q.add_argument("--init-from", default=None, metavar="DIR",
+                   help="an exported image tokenizer to start from (e.g. a fitted PatchVQ codebook)")
+    q.add_argument("--logger", choices=("csv", "tensorboard"), default=None,
+                   help="csv (default: out/logs/metrics.csv) or tensorboard (also out/tensorboard; "
+                        "the tensorboard extra)")
     add_preset(q)
     q.set_defaults(func=cmd_vqvae_train)
-    q = vsub.add_parser("eval", help="reconstruction PSNR, codebook usage and perplexity on held-out shards")
+    q = vsub.add_parser("codebook", help="fit a PatchVQ k-means codebook and export it (its codes are final)")
+    q.add_argument("shards", nargs="+", metavar="SHARDS", help="one source per argument")
+    q.add_argument("--images", nargs="+", type=A.positive_int, default=[2000],
+                   help="images read from each source (one number for all, or one per source)")
+    q.add_argument("--out", required=True)
+    add_preset(q)
+    q.set_defaults(func=cmd_vqvae_codebook)
+    q = vsub.add_parser("eval", help="checker ceiling, PSNR, codebook usage and perplexity of reconstructions "
+                        "of held-out shards")
     q.add_argument("shards", nargs="+", metavar="SHARDS", help="one source per argument, reported separately")
     q.add_argument("--vqvae", required=True, help="exported dVAE directory (or a model bundle)")
     q.add_argument("--max-images", type=A.positive_int, default=256, help="images read per source")
@@ -328,13 +509,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the transformer; resumes by itself, writes an inference bundle")
     p.add_argument("--tokens", nargs="+", default=None, help="precomputed token shards (the default path)")
+    p.add_argument("--val-tokens", nargs="+", default=[],
+                   help="held-out token shards whose loss is logged every dalle_train.val_every steps")
     p.add_argument("--shards", nargs="+", default=None, help="image shards, tokenised on the fly")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json")
     p.add_argument("--vqvae", default=None, help="exported dVAE directory (bundled with the model)")
     p.add_argument("--out", default="runs/dalle")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--init-from", default=None, metavar="BUNDLE",
+                   help="start from this bundle's (or run checkpoint's) transformer weights: fine-tuning, or "
+                        "continuing when the run directory is gone (a resumable --out takes precedence)")
+    p.add_argument("--logger", choices=("csv", "tensorboard"), default=None,
+                   help="csv (default: out/logs/metrics.csv) or tensorboard (also out/tensorboard; "
+                        "the tensorboard extra)")
     add_preset(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("scorer", help="train and evaluate the image-caption scorer that reranks candidates")
+    ssub = p.add_subparsers(dest="scorer_command", metavar="SCORER_COMMAND", parser_class=Parser, required=True)
+    q = ssub.add_parser("train", help="fit the contrastive scorer (hard negatives from the shards' .json); "
+                        "resumes by itself")
+    q.add_argument("shards", nargs="+", metavar="SHARDS", help="img2dataset shards (paths, brace patterns)")
+    q.add_argument("--tokenizer", required=True, help="the tokenizer.json of the model it will rerank for")
+    q.add_argument("--out", default="runs/scorer", help="run directory; the scorer is written to OUT/scorer")
+    q.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    q.add_argument("--logger", choices=("csv", "tensorboard"), default=None,
+                   help="csv (default: out/logs/metrics.csv) or tensorboard (the tensorboard extra)")
+    add_preset(q)
+    q.set_defaults(func=cmd_scorer_train)
+    q = ssub.add_parser("eval", help="accuracy at picking the true caption among its hard negatives")
+    q.add_argument("shards", nargs="+", metavar="SHARDS", help="one source per argument, reported separately")
+    q.add_argument("--scorer", required=True, help="scorer directory (OUT/scorer of 'dalle scorer train')")
+    q.add_argument("--tokenizer", default=None,
+                   help="the tokenizer.json the scorer was trained with (default: the scorer's own copy)")
+    q.add_argument("--max-images", type=A.positive_int, default=500, help="samples read per source")
+    q.add_argument("--batch-size", type=A.positive_int, default=100)
+    q.add_argument("--seed", type=A.seed, default=0, help="seed of the hard negatives")
+    q.add_argument("--out", default=None, help="write scorer_eval.json and scorer_eval.md here")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.set_defaults(func=cmd_scorer_eval)
+    q = ssub.add_parser("attach", help="put a scorer into a model bundle (checked: same tokenizer, resolution)")
+    q.add_argument("scorer", metavar="SCORER_DIR", help="scorer directory (OUT/scorer of 'dalle scorer train')")
+    q.add_argument("--model", required=True, help="the model bundle directory to add it to")
+    q.set_defaults(func=cmd_scorer_attach)
 
     p = sub.add_parser("eval", help="pass@k, temperature sweep, reranking and reconstruction metrics")
     p.add_argument("--model", default=None, help="model bundle directory (default: the embedded model)")
@@ -342,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=A.positive_int, default=20, help="samples per prompt")
     p.add_argument("--temperatures", type=A.positive_float, nargs="+", default=[0.7, 1.0])
     p.add_argument("--candidates", type=A.positive_int, default=8, help="M for reranked pass@1")
-    p.add_argument("--prompts-per-part", type=A.positive_int, default=4)
+    p.add_argument("--prompts-per-part", type=A.positive_int, default=6,
+                   help="prompts in each part of the default suite (6: every held-out word once)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=32)
@@ -363,11 +581,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dalle: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except USER_ERRORS as e:   # bad input: one line; anything else is a bug and keeps its traceback
         if os.environ.get("DALLE_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         print(f"dalle {a.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:       # a full disk, a read-only filesystem: the user's to fix, one line
+        if e.errno not in DISK_ERRNOS or os.environ.get("DALLE_DEBUG"):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"dalle {a.command}: error: {e.strerror or e}{where}; nothing half-written was left", file=sys.stderr)
         return 2
 
 

@@ -42,6 +42,38 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     return path
 
 
+def write_new(path: str | Path, write: Callable[[str], object], *, max_tries: int = 10_000) -> Path:
+    """Like :func:`atomic_write`, but never replaces an existing file: the first free name of
+    ``path``, ``stem-2.ext``, ``stem-3.ext``, ... is taken, with a hard link that fails if the
+    name exists, so two processes writing into one folder never overwrite each other.
+
+    Args:
+        path: the preferred target.
+        write: writes the whole content to the path it is given.
+        max_tries: names tried before giving up.
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        for i in range(1, max_tries + 1):
+            target = path if i == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{path}: {max_tries} names taken")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

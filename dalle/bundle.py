@@ -2,14 +2,17 @@
 
 Layout (no pickles anywhere)::
 
-    bundle.json          format version, tokenizer identity, lowercase flag, metadata
+    bundle.json          format version, tokenizer identity, lowercase flag, metadata, sha256 of the
+                         weight and config files (checked after loading: a flipped bit is an error)
     dalle.safetensors    transformer weights    + dalle.json  (DalleConfig)
-    vqvae.safetensors    dVAE weights           + vqvae.json  (VQVAEConfig)
+    vqvae.safetensors    image tokenizer weights + vqvae.json (its config; "kind" names it, default dVAE)
     tokenizer.json       the BPE the transformer was trained with
-    MODEL_CARD.md        optional
+    README.md            a Hugging Face-style model card with a YAML header (dalle/model_card.py)
 
 Loading checks that the three parts belong together (codebook size, code grid,
-tokenizer hash) and loads on CPU with torch alone.
+tokenizer hash) and loads on CPU with torch alone. Every failure is a one-line
+:class:`BundleError`: missing files, truncated weights, configs with missing keys or
+wrong types, a ``bundle.json`` version that is not an integer.
 """
 from __future__ import annotations
 
@@ -18,16 +21,20 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
+from torch import nn
 
 from dalle.atomic import default_mode
 from dalle.config import DalleConfig
+from dalle.model import DalleTransformer
+from dalle.model_card import CARD
+from dalle.model_card import model_card as make_card
 from dalle.tokenizer import TextTokenizer, file_sha256
-from vqvae.config import VQVAEConfig
+from vqvae.registry import IMAGE_TOKENIZERS, load_image_tokenizer, read_config
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +45,47 @@ REQUIRED = ("bundle.json", "dalle.safetensors", "dalle.json", "vqvae.safetensors
             "tokenizer.json")
 
 
+# files whose sha256 bundle.json records (tokenizer.json has its own tokenizer_sha256)
+CHECKSUMMED = ("dalle.safetensors", "dalle.json", "vqvae.safetensors", "vqvae.json")
+
+
 class BundleError(ValueError):
     """A model directory that is missing parts or whose parts do not belong together."""
 
 
-@dataclass
-class Bundle:
-    """A loaded inference bundle."""
+class Bundle(NamedTuple):
+    """The parts of a bundle directory, loaded (``dalle.Dalle`` is the object users hold)."""
 
-    model: Any                      # dalle.model.DalleTransformer
-    vqvae: Any                      # vqvae.model.DiscreteVAE
+    model: DalleTransformer        # its config is model.config
+    image_tokenizer: nn.Module     # its config is image_tokenizer.config (vocab_size, grid_size, resolution)
     tokenizer: TextTokenizer
-    dalle_config: DalleConfig
-    vqvae_config: VQVAEConfig
-    meta: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def device(self) -> torch.device:
-        """Where the models are."""
-        return next(self.model.parameters()).device
+    meta: dict
+    path: Path
 
 
-def check_compatible(dalle_cfg: DalleConfig, vqvae_cfg: VQVAEConfig) -> None:
-    """Raise :class:`BundleError` unless the transformer was built for this VQVAE."""
-    if dalle_cfg.image_vocab_size != vqvae_cfg.vocab_size:
-        raise BundleError(f"transformer expects {dalle_cfg.image_vocab_size} image codes but the "
-                          f"VQVAE has {vqvae_cfg.vocab_size}: they do not belong together")
-    if dalle_cfg.image_grid != vqvae_cfg.grid_size:
-        raise BundleError(f"transformer expects a {dalle_cfg.image_grid}x{dalle_cfg.image_grid} code "
-                          f"grid but the VQVAE makes {vqvae_cfg.grid_size}x{vqvae_cfg.grid_size}")
+def check_compatible(model_config: DalleConfig, image_config: Any) -> None:
+    """Raise :class:`BundleError` unless the transformer models this image tokenizer's codes.
+
+    Args:
+        model_config: the transformer's config.
+        image_config: the image tokenizer's config (``vocab_size``, ``grid_size``).
+    """
+    if model_config.image_vocab_size != image_config.vocab_size:
+        raise BundleError(f"the transformer expects {model_config.image_vocab_size} image codes but the "
+                          f"image tokenizer has {image_config.vocab_size}: they do not belong together")
+    if model_config.image_grid != image_config.grid_size:
+        raise BundleError(f"the transformer expects a {model_config.image_grid}x{model_config.image_grid} code "
+                          f"grid but the image tokenizer makes {image_config.grid_size}x{image_config.grid_size}")
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"cannot read {path}: {e}") from e
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"cannot read {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
 
 
 def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: str | Path,
@@ -84,11 +95,13 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
     Args:
         out_dir: the bundle directory to create (replaced if it exists).
         model: the trained ``DalleTransformer``.
-        vqvae: the ``DiscreteVAE`` whose codes the transformer models.
+        vqvae: the image tokenizer whose codes the transformer models (a ``DiscreteVAE`` or another
+            kind of ``vqvae.registry.IMAGE_TOKENIZERS``).
         tokenizer_path: the ``tokenizer.json`` used in training.
         lowercase: whether captions are lowercased before encoding.
         meta: free-form metadata (training steps, data, ...), stored in bundle.json.
-        model_card: optional Markdown text written as MODEL_CARD.md.
+        model_card: Markdown written by a person for the README.md model card (a YAML header
+            is added); None: a card generated from the configs and ``meta`` (see :mod:`dalle.model_card`).
     Returns:
         The bundle directory.
     """
@@ -103,10 +116,10 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         info = {"format": FORMAT, "version": VERSION,
                 "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"),
-                "lowercase": bool(lowercase), "meta": meta or {}}
+                "lowercase": bool(lowercase), "meta": meta or {},
+                "files": {name: file_sha256(tmp / name) for name in CHECKSUMMED}}
         (tmp / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
-        if model_card:
-            (tmp / "MODEL_CARD.md").write_text(model_card)
+        (tmp / CARD).write_text(make_card(model.config, vqvae.config, meta or {}, model_card))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             if old.exists():
@@ -123,7 +136,9 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
 
 
 def load_bundle(path: str | Path | None = None, device: str | torch.device = "cpu") -> Bundle:
-    """Load an inference bundle (the embedded default model when ``path`` is None).
+    """Load the parts of an inference bundle (the embedded default model when ``path`` is None).
+
+    Use ``dalle.Dalle.from_pretrained`` for generation; this is the file format underneath.
 
     Args:
         path: the bundle directory.
@@ -131,11 +146,9 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     Returns:
         The :class:`Bundle`, models in eval mode.
     Raises:
-        BundleError: missing files, or parts that do not belong together.
+        BundleError: missing or corrupt files, configs with missing keys or wrong types,
+            or parts that do not belong together; always one line.
     """
-    from dalle.model import DalleTransformer
-    from vqvae.model import DiscreteVAE
-
     path = Path(path) if path is not None else DEFAULT_BUNDLE
     if not path.is_dir():
         raise BundleError(f"model directory not found: {path}")
@@ -145,21 +158,41 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     info = _read_json(path / "bundle.json")
     if info.get("format") != FORMAT:
         raise BundleError(f"{path / 'bundle.json'} is not a {FORMAT} file")
-    if info.get("version", 0) > VERSION:
-        raise BundleError(f"{path} has bundle version {info.get('version')}; this dalle reads <= {VERSION}")
-    dalle_cfg = DalleConfig.from_dict(_read_json(path / "dalle.json"))
-    vqvae_cfg = VQVAEConfig.from_dict(_read_json(path / "vqvae.json"))
-    check_compatible(dalle_cfg, vqvae_cfg)
+    version = info.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{path / 'bundle.json'}: version must be a positive integer, got {version!r}")
+    if version > VERSION:
+        raise BundleError(f"{path} has bundle version {version}; this dalle reads <= {VERSION}")
+    for key, kind in (("tokenizer_sha256", str), ("lowercase", bool), ("meta", dict), ("files", dict)):
+        if key in info and not isinstance(info[key], kind):
+            raise BundleError(f"{path / 'bundle.json'}: {key} must be a {kind.__name__}, got {info[key]!r}")
+    try:
+        model_config = DalleConfig.from_dict(_read_json(path / "dalle.json"), complete=True)
+        kind, image_fields = read_config(path)
+        image_config = IMAGE_TOKENIZERS[kind][1].from_dict(image_fields, complete=True)
+    except ValueError as e:
+        raise BundleError(f"{path}: {_first_line(e)}") from None
+    check_compatible(model_config, image_config)
     sha = file_sha256(path / "tokenizer.json")
     if sha != info.get("tokenizer_sha256"):
         raise BundleError(f"{path / 'tokenizer.json'} is not the tokenizer the transformer was trained "
                           f"with (sha256 {sha[:12]} != {str(info.get('tokenizer_sha256'))[:12]})")
     try:
-        tokenizer = TextTokenizer(path / "tokenizer.json", dalle_cfg.text_len, dalle_cfg.text_vocab_size,
-                                  lowercase=bool(info.get("lowercase", True)))
-        model = DalleTransformer.from_checkpoint(path).to(device).eval()
-        vqvae = DiscreteVAE.from_checkpoint(path).to(device).eval()
-    except (OSError, RuntimeError, KeyError) as e:
-        raise BundleError(f"cannot load {path}: {e}") from e
-    return Bundle(model=model, vqvae=vqvae, tokenizer=tokenizer, dalle_config=dalle_cfg,
-                  vqvae_config=vqvae_cfg, meta=info.get("meta", {}), path=path)
+        tokenizer = TextTokenizer(path / "tokenizer.json", model_config.text_len, model_config.text_vocab_size,
+                                  lowercase=info.get("lowercase", True))
+        model = DalleTransformer.from_checkpoint(path, device=device).eval()
+        image_tokenizer = load_image_tokenizer(path, device=device).eval()
+    except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as e:
+        raise BundleError(f"cannot load {path}: {_first_line(e)}") from None
+    # last: what loads but is not what was saved (a flipped bit in a weight); older bundles have no record
+    for name, recorded in (info.get("files") or {}).items():
+        if name in CHECKSUMMED and file_sha256(path / name) != recorded:
+            raise BundleError(f"{path / name} does not match the sha256 recorded in bundle.json "
+                              f"(corrupted or replaced); copy the bundle again")
+    return Bundle(model=model, image_tokenizer=image_tokenizer, tokenizer=tokenizer,
+                  meta=info.get("meta", {}), path=path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

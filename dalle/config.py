@@ -1,8 +1,10 @@
 """Configuration of the transformer over [text_tokens ; image_tokens]."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from common.configs import config_from_dict
 
 ATTN_LAYOUTS = ("dense", "row", "column", "conv")
 
@@ -71,9 +73,6 @@ class DalleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DalleConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown dalle config keys: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, complete: bool = False) -> "DalleConfig":
+        """The config from a mapping; ``complete`` (a saved ``dalle.json``) requires every key."""
+        return config_from_dict(cls, d, what="dalle", complete=complete)

@@ -8,10 +8,19 @@ import torch
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``logits / temperature`` (temperature > 0)."""
+    """``logits / temperature`` (temperature > 0), the same distribution for every finite row.
+
+    Below 1 the rows are first shifted so that their maximum is 0: the division can then
+    only push logits towards ``-inf``, never overflow to ``+inf`` (which would make the
+    softmax NaN), so a tiny temperature is greedy decoding (ties kept).
+    """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return logits if temperature == 1.0 else logits / temperature
+    if temperature == 1.0:
+        return logits
+    if temperature < 1.0:
+        logits = logits - logits.amax(dim=-1, keepdim=True)
+    return logits / temperature
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

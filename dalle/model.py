@@ -7,17 +7,18 @@ classes), outputs that predict an image code through the image head
 (``image_vocab_size`` classes), so a text position can never emit an image code and
 vice versa.
 
-Two calling modes (one ``forward``):
+Calling convention (one method per job, as in gpt-fast):
 
-- training / uncached: ``model(text_tokens, image_tokens)`` with the full caption and
-  ``n >= 1`` leading image codes; the input is ``[text ; image[:, :-1]]`` and the
-  result is ``Logits(text (B, text_len-1, Vt), image (B, n, Vi))``.
-- cached (after :meth:`DalleTransformer.setup_cache`), ``input_pos`` given:
-  *prefill* ``model(text_tokens, prefix, input_pos=arange(text_len + k))`` returns
-  ``Logits(text (B, text_len-1, Vt), image (B, k+1, Vi))``; *decode*
-  ``model(None, image_tokens (B, T), input_pos (T,))`` for image positions returns
-  ``Logits(None, image (B, T, Vi))``. Keys and values are written into the cache at
-  ``input_pos``.
+- ``forward(text_tokens, image_tokens)``: the training / uncached call. The input is
+  the full caption and the ``n`` image codes to predict *from* (``0 <= n < image_len``);
+  the result is ``Logits(text (B, text_len-1, Vt), image (B, n+1, Vi))``: ``text[:, i]``
+  predicts ``text_tokens[:, i+1]`` and ``image[:, j]`` predicts code ``j``. The caller owns
+  the shift and the loss: training passes ``image_tokens[:, :-1]`` and scores the
+  ``image_len`` image logits against all ``image_tokens``.
+- ``prefill(text_tokens, image_tokens)`` (after :meth:`DalleTransformer.setup_cache`):
+  the same inputs and outputs as ``forward``, writing keys and values into the cache.
+- ``decode_step(image_tokens (B, T), input_pos (T,))``: image codes at sequence positions
+  ``input_pos`` through the cache -> image logits (B, T, Vi) of the next codes.
 """
 from __future__ import annotations
 
@@ -181,61 +182,68 @@ class DalleTransformer(nn.Module):
                 x = block(x, input_pos)
         return self.ln_f(x)
 
-    # ---- forward -------------------------------------------------------------------------
-    def forward(self, text_tokens: torch.Tensor | None, image_tokens: torch.Tensor | None,
-                input_pos: torch.Tensor | None = None) -> Logits:
-        """Next-token logits (see the module docstring for the two modes).
-
-        Args:
-            text_tokens: (B, text_len) int64, or None when decoding image positions from the cache.
-            image_tokens: (B, n) int64 image codes (raster order).
-            input_pos: None for the uncached/training call; (T,) int64 sequence positions otherwise.
-        Returns:
-            :class:`Logits`.
-        """
+    # ---- forward, prefill, decode_step ----------------------------------------------------
+    def _check_inputs(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> None:
         cfg = self.config
-        if input_pos is None:
-            return self._forward_full(text_tokens, image_tokens)
-        if text_tokens is None:                                           # decode image positions
-            if image_tokens is None:
-                raise ValueError("decoding needs image_tokens")
-            x = self._embed_image(image_tokens, input_pos - cfg.text_len)  # (B, T, C)
-            return Logits(None, self.image_head(self._trunk(x, input_pos)))
-        self._check_text(text_tokens)                                     # prefill from position 0
-        n_img = 0 if image_tokens is None else image_tokens.size(1)
-        if n_img >= cfg.image_len:
-            raise ValueError(f"prefill takes at most {cfg.image_len - 1} image tokens, got {n_img}")
-        if input_pos.numel() != cfg.text_len + n_img:
-            raise ValueError(f"prefill input_pos must be arange({cfg.text_len + n_img}), "
-                             f"got {input_pos.numel()} positions")
-        x = self._embed_text(text_tokens, input_pos[: cfg.text_len])
-        if n_img:
-            x = torch.cat([x, self._embed_image(image_tokens, input_pos[cfg.text_len:] - cfg.text_len)], 1)
-        h = self._trunk(x, input_pos)                                     # (B, text_len + n_img, C)
-        return Logits(self.text_head(h[:, : cfg.text_len - 1]), self.image_head(h[:, cfg.text_len - 1:]))
-
-    def _check_text(self, text_tokens: torch.Tensor) -> None:
-        if text_tokens.ndim != 2 or text_tokens.size(1) != self.config.text_len:
-            raise ValueError(f"expected text_tokens of shape (B, {self.config.text_len}), "
-                             f"got {tuple(text_tokens.shape)}")
-
-    def _forward_full(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> Logits:
-        cfg = self.config
-        self._check_text(text_tokens)
-        if image_tokens is None or image_tokens.ndim != 2 or not 1 <= image_tokens.size(1) <= cfg.image_len:
-            shape = None if image_tokens is None else tuple(image_tokens.shape)
-            raise ValueError(f"expected image_tokens of shape (B, n), 1 <= n <= {cfg.image_len}, got {shape}")
+        if text_tokens.ndim != 2 or text_tokens.size(1) != cfg.text_len:
+            raise ValueError(f"expected text_tokens of shape (B, {cfg.text_len}), got {tuple(text_tokens.shape)}")
+        if image_tokens.ndim != 2 or not 0 <= image_tokens.size(1) < cfg.image_len:
+            raise ValueError(f"expected image_tokens of shape (B, n), 0 <= n < {cfg.image_len} (the codes "
+                             f"predicted from), got {tuple(image_tokens.shape)}")
         if image_tokens.size(0) != text_tokens.size(0):
             raise ValueError("text_tokens and image_tokens have different batch sizes")
+
+    def _embed(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """``[text ; image]`` embeddings from sequence position 0: (B, text_len + n, C)."""
+        self._check_inputs(text_tokens, image_tokens)
         device = text_tokens.device
-        n_in = image_tokens.size(1) - 1                                   # the last code is never input
-        x = self._embed_text(text_tokens, torch.arange(cfg.text_len, device=device))   # (B, text_len, C)
-        if n_in:
-            x_img = self._embed_image(image_tokens[:, :n_in], torch.arange(n_in, device=device))
-            x = torch.cat([x, x_img], dim=1)                              # (B, text_len + n - 1, C)
-        h = self._trunk(x, None)
-        return Logits(self.text_head(h[:, : cfg.text_len - 1]),          # (B, text_len - 1, Vt)
-                      self.image_head(h[:, cfg.text_len - 1:]))           # (B, n, Vi)
+        x = self._embed_text(text_tokens, torch.arange(self.config.text_len, device=device))  # (B, Tt, C)
+        n = image_tokens.size(1)
+        if n:
+            x = torch.cat([x, self._embed_image(image_tokens, torch.arange(n, device=device))], 1)
+        return x
+
+    def _heads(self, h: torch.Tensor) -> Logits:
+        t = self.config.text_len
+        return Logits(self.text_head(h[:, : t - 1]),       # (B, text_len - 1, Vt)
+                      self.image_head(h[:, t - 1:]))       # (B, n + 1, Vi)
+
+    def forward(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> Logits:
+        """Next-token logits of ``[text_tokens ; image_tokens]`` (no cache).
+
+        Args:
+            text_tokens: (B, text_len) int64 captions.
+            image_tokens: (B, n) int64 codes in raster order, ``0 <= n < image_len``: the codes the
+                outputs predict from (training passes ``image_tokens[:, :-1]``).
+        Returns:
+            ``Logits(text (B, text_len - 1, Vt), image (B, n + 1, Vi))``.
+        """
+        return self._heads(self._trunk(self._embed(text_tokens, image_tokens), None))
+
+    def prefill(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> Logits:
+        """:meth:`forward` through the KV cache, which it fills from sequence position 0.
+
+        Args:
+            text_tokens: (B, text_len) int64.
+            image_tokens: (B, k) int64 kept codes, ``0 <= k < image_len``.
+        Returns:
+            ``Logits(text (B, text_len - 1, Vt), image (B, k + 1, Vi))``.
+        """
+        x = self._embed(text_tokens, image_tokens)
+        input_pos = torch.arange(x.size(1), device=x.device)
+        return self._heads(self._trunk(x, input_pos))
+
+    def decode_step(self, image_tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Feed image codes at sequence positions ``input_pos`` through the KV cache.
+
+        Args:
+            image_tokens: (B, T) int64 codes.
+            input_pos: (T,) int64 sequence positions (``text_len + raster index``).
+        Returns:
+            (B, T, Vi) logits of the codes that follow each of them.
+        """
+        x = self._embed_image(image_tokens, input_pos - self.config.text_len)   # (B, T, C)
+        return self.image_head(self._trunk(x, input_pos))
 
     # ---- KV cache ------------------------------------------------------------------------
     def setup_cache(self, max_batch_size: int, *, device: torch.device | str | None = None,

@@ -5,6 +5,11 @@ A scorer that needs pixels (e.g. a contrastive image-text model) sets the attrib
 ``needs_images = True``; the pipeline then decodes every candidate before scoring
 and fills ``Candidates.images``. Register new scorers in :data:`SCORERS` (or with
 :func:`register_scorer`) so they can be chosen by name.
+
+Some scorers belong to a model rather than to the program: ``"clip"`` is the
+image-caption scorer shipped with a bundle (:mod:`dalle.scorer`), trained with the
+bundle's own tokenizer. Their names are in :data:`MODEL_SCORERS`; the model object
+passes its own instances to :func:`get_scorer` as ``bound``.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ def logprob_scorer(candidates: Candidates) -> torch.Tensor:
 logprob_scorer.needs_images = False
 
 SCORERS: dict[str, Scorer] = {"logprob": logprob_scorer}
+# names resolved by the model that owns the scorer (see the module docstring)
+MODEL_SCORERS: dict[str, str] = {"clip": "the model's contrastive image-caption scorer (dalle scorer train)"}
 
 
 def register_scorer(name: str, scorer: Scorer) -> None:
@@ -46,12 +53,31 @@ def register_scorer(name: str, scorer: Scorer) -> None:
     SCORERS[name] = scorer
 
 
-def get_scorer(scorer: str | Callable) -> Scorer:
-    """A scorer by registry name, or a callable passed through."""
+def check_scorer_name(scorer: str | Callable) -> None:
+    """Raise ValueError unless ``scorer`` is a callable, a registered name or a model scorer's name."""
+    if callable(scorer):
+        return
+    if scorer not in SCORERS and scorer not in MODEL_SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r}; available: {sorted({*SCORERS, *MODEL_SCORERS})}")
+
+
+def get_scorer(scorer: str | Callable, bound: dict[str, Scorer] | None = None) -> Scorer:
+    """A scorer by name, or a callable passed through.
+
+    Args:
+        scorer: a callable, a name in :data:`SCORERS`, or a name in :data:`MODEL_SCORERS`.
+        bound: the model's own scorers by name (e.g. ``{"clip": ...}`` when its bundle has one).
+    Raises:
+        ValueError: an unknown name, or a model scorer the model does not have.
+    """
     if callable(scorer):
         return scorer
-    if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer {scorer!r}; available: {sorted(SCORERS)}")
+    if bound and scorer in bound:
+        return bound[scorer]
+    if scorer in MODEL_SCORERS:
+        raise ValueError(f"scorer {scorer!r} needs a model that has one ({MODEL_SCORERS[scorer]}); this model has "
+                         f"none: train one with 'dalle scorer train' and add it with 'dalle scorer attach'")
+    check_scorer_name(scorer)
     return SCORERS[scorer]
 
 

@@ -21,18 +21,19 @@ better than any other, so wrong shapes are still rejected). Signs: see
 :mod:`evaluation.signcheck`.
 
 Images are analysed at ``ANALYSIS_RES`` (64) pixels whatever their size;
-below ``MIN_CHECK_RES`` (32) a check fails with "image too small".
+below ``MIN_CHECK_RES`` (32) a check fails with "image too small" (both in
+:mod:`evaluation.imaging`, shared with the sign checker).
 """
 from __future__ import annotations
 
-import functools
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from evaluation.imaging import MIN_CHECK_RES, CheckResult, blur_2d, prepare
+from evaluation.signcheck import check_sign
 from synth.scenes import (
     COLORS,
     NAMED_BACKGROUNDS,
@@ -41,8 +42,6 @@ from synth.scenes import (
     draw_shape,
 )
 
-ANALYSIS_RES = 64
-MIN_CHECK_RES = 32
 STRONG = 0.5            # strength above which a pixel belongs to an object
 MIN_AREA = 12           # components smaller than this (pixels at 64 px) are specks, ignored
 REL_MARGIN = 0.03       # relations need centres this far apart (fraction of the image)
@@ -50,25 +49,6 @@ REL_MARGIN = 0.03       # relations need centres this far apart (fraction of the
 _PALETTE = list(COLORS)
 _RGB = np.asarray([COLORS[c] for c in _PALETTE], dtype=np.float32)
 _CHROMA = _RGB.max(1) - _RGB.min(1)
-
-
-@dataclass
-class CheckResult:
-    """Pass or fail, why, and what was found."""
-
-    passed: bool
-    reason: str
-    found: list[dict[str, Any]] = field(default_factory=list)
-
-
-def prepare(image: Image.Image, resolution: int = ANALYSIS_RES) -> np.ndarray:
-    """RGB float array (R, R, 3) in 0..255 at the analysis resolution."""
-    image = image.convert("RGB")
-    if image.size != (resolution, resolution):
-        big = image.size[0] > resolution
-        image = image.resize((resolution, resolution),
-                             Image.Resampling.BOX if big else Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.float32)
 
 
 def _hue(rgb: np.ndarray) -> np.ndarray:
@@ -122,23 +102,6 @@ _AREA = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}       # area / sid
 _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 6}  # centroid below the box centre / side
 # RGB -> (Y, Cb, Cr) without offsets, the transform JPEG uses
 _YCC = np.asarray([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-
-
-@functools.lru_cache(maxsize=1024)
-def blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) Gaussian blur along one axis, rows normalised (edges renormalised); cached, read-only."""
-    i = np.arange(n, dtype=np.float64)
-    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
-    k /= k.sum(1, keepdims=True)
-    k.setflags(write=False)
-    return k
-
-
-def blur_2d(a: np.ndarray, sigma: float) -> np.ndarray:
-    """A (h, w) array blurred by a Gaussian of ``sigma`` pixels along both axes (``sigma <= 0``: as is)."""
-    if sigma <= 0:
-        return a
-    return blur_matrix(a.shape[0], sigma) @ a @ blur_matrix(a.shape[1], sigma).T
 
 
 def _coverage(shape: str, h: int, w: int, cx: float, cy: float, d: float, ss: int = 4) -> np.ndarray:
@@ -396,5 +359,4 @@ def check(image: Image.Image, description: dict[str, Any]) -> CheckResult:
         return CheckResult(False, f"image too small to check ({min(image.size)} px < {MIN_CHECK_RES} px)")
     if description["kind"] == "scene":
         return check_scene(image, description)
-    from evaluation.signcheck import check_sign
     return check_sign(image, description)

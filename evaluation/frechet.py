@@ -19,8 +19,6 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-METRIC_NAME = "FD-EfficientNetLite0"
-
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), via symmetric eigendecompositions."""

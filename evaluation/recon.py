@@ -1,7 +1,8 @@
 """Reconstruction quality of a dVAE: PSNR, codebook usage and code perplexity on held-out images.
 
 ``dalle vqvae eval SHARDS... --vqvae DIR`` reads each source (a shard, a folder of
-shards or a pattern) through the training decode path, encodes every image to
+shards or a pattern) through the training decode path (``train.data.images``; this
+module takes the decoded images and imports no training code), encodes every image to
 hard codes, decodes them and reports per source and over all sources:
 
 - PSNR (dB) of the hard-code reconstruction, the mean over images of
@@ -9,9 +10,15 @@ hard codes, decodes them and reports per source and over all sources:
   uses it: argmax codes, no relaxation);
 - codebook usage: the share of the ``vocab_size`` codes that occur at least once;
 - code perplexity: ``exp(entropy)`` of the code histogram;
-- bits per image: ``h * w * log2(vocab_size)``, the fixed-length size of the codes.
+- bits per image: ``h * w * log2(vocab_size)``, the fixed-length size of the codes;
+- the checker ceiling, for sources whose samples carry their truth (the built-in
+  scenes and signs): the share of reconstructions that :func:`evaluation.checker.check`
+  passes. No transformer built on the tokenizer can pass more of its own samples
+  than the tokenizer can represent, so this is a hard ceiling on every pass@k;
+  the share of originals that pass is reported beside it.
 
-With ``out_dir`` a PNG of originals over reconstructions is written per source.
+With ``out_dir`` a PNG of originals over reconstructions (upscaled x4, nearest
+neighbour) is written per source.
 """
 from __future__ import annotations
 
@@ -21,26 +28,19 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from train.config import DataConfig
-from train.data.loader import image_dataset, make_loader
+from dalle.images import save_recon_grid
+from dalle.pipeline import tensor_to_pil
+from evaluation.checker import check
+
+GRID_IMAGES = 8
+GRID_SCALE = 4
 
 
-def load_images(source: Any, resolution: int, max_images: int, *, batch_size: int = 64,
-                background: tuple[int, int, int] = (255, 255, 255)) -> torch.Tensor:
-    """Up to ``max_images`` images of a source, decoded as for training: (N, 3, R, R) float in [0, 1]."""
-    cfg = DataConfig(resolution=resolution, num_workers=0, shuffle_buffer=0, background=list(background))
-    stream = image_dataset(source if isinstance(source, list) else [source], cfg, batch_size=batch_size,
-                           train=False, rank=0, world_size=1)
-    out: list[torch.Tensor] = []
-    n = 0
-    for batch in make_loader(stream, 0):
-        out.append(batch["images"])
-        n += batch["images"].shape[0]
-        if n >= max_images:
-            break
-    if not out:
-        raise ValueError(f"no readable images in {source}")
-    return torch.cat(out)[:max_images]
+def checker_pass_rate(images: torch.Tensor, descriptions: list[dict[str, Any]]) -> float:
+    """Share of ``images`` (N, 3, R, R) in [0, 1] that the checker passes against their descriptions."""
+    if len(descriptions) != images.shape[0] or not descriptions:
+        raise ValueError(f"need one description per image, got {len(descriptions)} for {images.shape[0]}")
+    return sum(check(im, d).passed for im, d in zip(tensor_to_pil(images), descriptions)) / len(descriptions)
 
 
 @torch.no_grad()
@@ -85,31 +85,36 @@ def recon_metrics(vqvae: Any, batches: Iterable[torch.Tensor],
     return _summarise(psnrs, codes, vqvae.config), recons
 
 
-def evaluate_sources(vqvae: Any, sources: Mapping[str, Any], *, max_images: int = 256,
-                     batch_size: int = 64, device: str | torch.device = "cpu",
-                     out_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+def evaluate_sources(vqvae: Any, sources: Mapping[str, torch.Tensor], *, batch_size: int = 64,
+                     device: str | torch.device = "cpu", out_dir: str | Path | None = None,
+                     descriptions: Mapping[str, list[dict[str, Any]] | None] | None = None,
+                     ) -> dict[str, dict[str, float]]:
     """Reconstruction metrics per named source and over all of them (key ``"all"``).
 
     Args:
-        vqvae: the dVAE (eval mode).
-        sources: name -> shard source.
-        max_images: images read per source.
+        vqvae: the image tokenizer (eval mode).
+        sources: name -> its images, (N, 3, R, R) float in [0, 1].
         batch_size: images per forward pass.
         device: where to run the model.
-        out_dir: if given, ``recon_<name>.png`` (8 originals over their reconstructions) per source.
+        out_dir: if given, ``recon_<name>.png`` (8 originals over their reconstructions, x4) per source.
+        descriptions: name -> the checker's description of each image (None where there is no truth);
+            sources with descriptions get ``checker_ceiling`` and ``checker_originals``.
     """
-    from train.vqvae_module import save_grid_atomic
-
     report: dict[str, dict[str, float]] = {}
     all_psnrs, all_codes = [], []
-    for name, source in sources.items():
-        x = load_images(source, vqvae.config.resolution, max_images, batch_size=batch_size)
+    for name, x in sources.items():
         psnrs, codes, rec = _reconstruct(vqvae, x.split(batch_size), device)
         report[name] = _summarise(psnrs, codes, vqvae.config)
+        desc = (descriptions or {}).get(name)
+        if desc is not None:
+            report[name]["checker_ceiling"] = checker_pass_rate(rec, desc)
+            report[name]["checker_originals"] = checker_pass_rate(x, desc)
         all_psnrs.append(psnrs)
         all_codes.append(codes)
         if out_dir is not None:
-            save_grid_atomic(x[:8], rec[:8], Path(out_dir) / f"recon_{name}.png")
+            up = lambda t: torch.nn.functional.interpolate(t[:GRID_IMAGES].float(), scale_factor=GRID_SCALE,  # noqa: E731
+                                                          mode="nearest")
+            save_recon_grid(up(x), up(rec), Path(out_dir) / f"recon_{name}.png")
     if len(sources) > 1:
         report["all"] = _summarise(torch.cat(all_psnrs), torch.cat(all_codes), vqvae.config)
     return report
@@ -117,9 +122,11 @@ def evaluate_sources(vqvae: Any, sources: Mapping[str, Any], *, max_images: int 
 
 def to_markdown(report: Mapping[str, Mapping[str, float]]) -> str:
     """One table row per source."""
-    rows = ["| source | images | PSNR (dB) | codebook usage | code perplexity | bits per image |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| source | images | checker ceiling (originals) | PSNR (dB) | codebook usage | code perplexity "
+            "| bits per image |", "|---|---|---|---|---|---|---|"]
     for name, m in report.items():
-        rows.append(f"| {name} | {m['images']} | {m['psnr_db']:.2f} | {m['codebook_usage']:.3f} | "
+        ceiling = (f"{m['checker_ceiling']:.3f} ({m['checker_originals']:.3f})" if "checker_ceiling" in m
+                   else "-")
+        rows.append(f"| {name} | {m['images']} | {ceiling} | {m['psnr_db']:.2f} | {m['codebook_usage']:.3f} | "
                     f"{m['code_perplexity']:.1f} | {m['bits_per_image']:.0f} |")
     return "\n".join(rows) + "\n"

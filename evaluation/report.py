@@ -13,21 +13,21 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def plot_lines(series: dict[str, Sequence[tuple[float, float]]], path: str | Path, *, title: str,
-               xlabel: str, ylabel: str, logx: bool = False) -> Path:
-    """Line plot of named (x, y) series with y in [0, 1], saved as PNG."""
+               xlabel: str, ylabel: str, logx: bool = False, ymax: float = 1.0) -> Path:
+    """Line plot of named (x, y) series with y in [0, ymax], saved as PNG."""
     path = Path(path)
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return _plot_pillow(series, path, title=title, xlabel=xlabel, ylabel=ylabel, logx=logx)
+        return _plot_pillow(series, path, title=title, xlabel=xlabel, ylabel=ylabel, logx=logx, ymax=ymax)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     if logx:
         ax.set_xscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, ymax))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -35,7 +35,8 @@ def plot_lines(series: dict[str, Sequence[tuple[float, float]]], path: str | Pat
     return path
 
 
-def _plot_pillow(series, path: Path, *, title: str, xlabel: str, ylabel: str, logx: bool) -> Path:
+def _plot_pillow(series, path: Path, *, title: str, xlabel: str, ylabel: str, logx: bool,
+                 ymax: float = 1.0) -> Path:
     w, h, left, right, top, bottom = 520, 360, 60, 20, 30, 50
     im = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(im)
@@ -47,13 +48,13 @@ def _plot_pillow(series, path: Path, *, title: str, xlabel: str, ylabel: str, lo
         x0, x1 = x0 - 1, x1 + 1
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (fx(x) - x0) / (x1 - x0) * (w - left - right), top + (1 - y) * (h - top - bottom))
+        return (left + (fx(x) - x0) / (x1 - x0) * (w - left - right), top + (1 - y / ymax) * (h - top - bottom))
 
     d.rectangle([left, top, w - right, h - bottom], outline="black")
     for i in range(6):
-        y = i / 5
+        y = i / 5 * ymax
         d.line([px(min(xs), y)[0] - 4, px(min(xs), y)[1], left, px(min(xs), y)[1]], fill="black")
-        d.text((8, px(min(xs), y)[1] - 6), f"{y:.1f}", fill="black", font=font)
+        d.text((8, px(min(xs), y)[1] - 6), f"{y:.3g}", fill="black", font=font)
     for x in sorted(set(xs)):
         X = px(x, 0)[0]
         d.line([X, h - bottom, X, h - bottom + 4], fill="black")

@@ -1,5 +1,13 @@
 """``dalle eval``: pass@k on a checkable prompt suite, temperature sweep, reranking, guidance,
 VQVAE reconstruction and an optional Fréchet distance, written as JSON, Markdown and PNG plots.
+
+Reranking, per part and temperature: pass@1, the oracle pass@M (M = the candidate count:
+the best of M if the checker chose), reranked pass@1 by mean log-probability and, when the
+model has an image-caption scorer (:mod:`dalle.scorer`), by that scorer, and the share of the
+pass@1 -> pass@M gap each reranker closes. With a scorer the report also gives its mean
+caption-image cosine (x100, a CLIPScore-style figure of the project's own scorer) on real
+renders and on generated images, and its accuracy at picking the true caption among hard
+negatives on fresh renders (:mod:`evaluation.scorer_eval`).
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import torch
 from dalle.atomic import atomic_write_text
 from evaluation.checker import check
 from evaluation.passk import pass_at_k, rerank_pass_at_1
-from evaluation.recon import recon_metrics
+from evaluation.recon import checker_pass_rate, recon_metrics
 from evaluation.report import pass_fail_grid, plot_lines
 from evaluation.suite import (
     PARTS,
@@ -45,10 +53,29 @@ def _check_args(n: int, ks: Sequence[int], temperatures: Sequence[float], candid
     return used
 
 
+def gap_closed(pass1: float, reranked: float, oracle: float) -> float | None:
+    """Share of the pass@1 -> pass@M gap a reranker closes (1: as good as the oracle, < 0: worse than
+    no reranking); None when there is no gap."""
+    gap = oracle - pass1
+    return None if gap <= 1e-12 else (reranked - pass1) / gap
+
+
 def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, ks: Sequence[int],
-              candidates: int) -> dict[str, Any]:
-    """Check every generation; pass@k and reranked pass@1 per prompt, per part and overall."""
+              candidates: int, clip_scores: Sequence[float] | None = None) -> dict[str, Any]:
+    """Check every generation; pass@k, the oracle pass@M and reranked pass@1 per prompt, part and overall.
+
+    Args:
+        generations: ``n`` per prompt, each with ``prompt``, ``index``, ``image`` and ``score`` (the
+            mean log-probability).
+        candidates: M, the candidates a reranker chooses from (at most n).
+        clip_scores: the image-caption scorer's value of each generation (same order), or None.
+    """
     by_prompt: dict[str, list[Any]] = {}
+    clip_of = {}
+    if clip_scores is not None:
+        if len(clip_scores) != len(generations):
+            raise ValueError(f"{len(clip_scores)} clip scores for {len(generations)} generations")
+        clip_of = {(g.prompt, g.index): float(v) for g, v in zip(generations, clip_scores)}
     for g in generations:
         by_prompt.setdefault(g.prompt, []).append(g)
     prompts, samples = [], []
@@ -60,9 +87,13 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
         passed = [r.passed for r in results]
         c = sum(passed)
         m = min(candidates, n)
+        reranked = {"logprob": rerank_pass_at_1([g.score for g in gens], passed, m)}
+        if clip_scores is not None:
+            reranked["clip"] = rerank_pass_at_1([clip_of[(g.prompt, g.index)] for g in gens], passed, m)
         prompts.append({"part": sp.part, "prompt": sp.prompt, "n": n, "c": c,
                         "pass@k": {str(k): pass_at_k(n, c, k) for k in ks},
-                        f"rerank{m}_pass@1": rerank_pass_at_1([g.score for g in gens], passed, m),
+                        f"rerank{m}_pass@1": reranked["logprob"],
+                        "pass@1": c / n, "oracle_pass@m": pass_at_k(n, c, m), "rerank_pass@1": reranked,
                         "reasons": sorted({r.reason for r in results if not r.passed})[:5]})
         samples.extend((g, r.passed) for g, r in zip(gens, results))
     summary = {}
@@ -70,19 +101,90 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
         rows = [p for p in prompts if part == "all" or p["part"] == part]
         if rows:
             m = min(candidates, n)
+            p1 = float(np.mean([r["pass@1"] for r in rows]))
+            oracle = float(np.mean([r["oracle_pass@m"] for r in rows]))
+            reranked = {name: float(np.mean([r["rerank_pass@1"][name] for r in rows]))
+                        for name in rows[0]["rerank_pass@1"]}
             summary[part] = {"prompts": len(rows),
                              "pass@k": {str(k): float(np.mean([r["pass@k"][str(k)] for r in rows])) for k in ks},
-                             f"rerank{m}_pass@1": float(np.mean([r[f"rerank{m}_pass@1"] for r in rows]))}
+                             f"rerank{m}_pass@1": reranked["logprob"],
+                             "rerank": {"m": m, "pass@1": p1, "oracle_pass@m": oracle, "pass@1_by": reranked,
+                                        "gap_closed": {k: gap_closed(p1, v, oracle) for k, v in reranked.items()}}}
     return {"prompts": prompts, "summary": summary, "_samples": samples}
 
 
 @torch.inference_mode()
+def scorer_similarities(model: Any, prompts: Sequence[str], images: Sequence[Any], batch_size: int = 64) -> list[float]:
+    """The model's image-caption scorer: cosine similarity of each (prompt, PIL image) pair."""
+    out: list[float] = []
+    device = next(model.scorer.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        ims = images[i:i + batch_size]
+        x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+                         for im in ims]).permute(0, 3, 1, 2).to(device)                # (b, 3, R, R)
+        text = model.tokenizer.encode(list(prompts[i:i + batch_size])).to(device)      # (b, text_len)
+        out.extend(model.scorer.score(x, text).float().cpu().tolist())
+    return out
+
+
+def scorer_report(model: Any, prompts: Sequence[SuitePrompt], samples: Sequence[tuple[Any, bool]], *,
+                  temperature: str, n_check: int, seed: int, batch_size: int) -> dict[str, Any]:
+    """CLIPScore-style similarity (x100) of real renders and of generated images, per part, and the
+    scorer's hard-negative accuracy on fresh renders."""
+    from evaluation.scorer_eval import synthetic_accuracy
+
+    res = model.resolution
+    real = scorer_similarities(model, [p.prompt for p in prompts],
+                               [render_description(p.description, res) for p in prompts], batch_size)
+    part_of = {p.prompt: p.part for p in prompts}
+    gen = scorer_similarities(model, [g.prompt for g, _ in samples], [g.image for g, _ in samples], batch_size)
+    similarity = {}
+    for part in (*PARTS, "all"):
+        r = [100 * v for p, v in zip(prompts, real) if part == "all" or p.part == part]
+        gv = [100 * v for (g, _), v in zip(samples, gen) if part == "all" or part_of[g.prompt] == part]
+        if r:
+            similarity[part] = {"real": float(np.mean(r)), "generated": float(np.mean(gv)) if gv else None,
+                                "generated_passing": float(np.mean([100 * v for (g, ok), v in zip(samples, gen)
+                                                                     if ok and (part == "all"
+                                                                                or part_of[g.prompt] == part)]
+                                                                    or [np.nan]))}
+    accuracy = synthetic_accuracy(model.scorer, model.tokenizer, n=n_check, seed=seed, batch_size=100,
+                                  device=next(model.scorer.parameters()).device)
+    return {"similarity": similarity, "similarity_temperature": float(temperature),
+            "similarity_note": ("mean cosine x100 between the caption and the image under the project's own "
+                                "scorer (a CLIPScore-style figure, not OpenAI CLIP: not comparable with published "
+                                "CLIPScores); real = a render of the prompt's description, generated = the "
+                                f"samples at T={temperature}"),
+            "hard_negative_accuracy": {k: {"accuracy": v["accuracy"], "per_kind": v["per_kind"], "n": v["n"]}
+                                       for k, v in accuracy.items()},
+            "meta": {k: v for k, v in model.scorer.meta.items() if k in ("global_step", "train_seconds_this_run")}}
+
+
+@torch.inference_mode()
+def heldout_renders(part: str, n: int, resolution: int, seed: int) -> tuple[list[Any], list[dict[str, Any]]]:
+    """``n`` fresh real renders of one part of the suite and their descriptions (never sampled for prompts)."""
+    rng = np.random.default_rng([seed, 9, PARTS.index(part)])
+    images, descriptions = [], []
+    for i in range(n):
+        if part == "heldout_combos" or (part == "in_distribution" and i % 2 == 0):
+            desc = scene_sample(rng, split="heldout" if part == "heldout_combos" else "train")[1]
+            images.append(render_scene(desc, resolution))
+        else:
+            image, _, desc = sign_sample(rng, resolution, split="heldout" if part == "heldout_words" else "train")
+            images.append(image)
+        descriptions.append(desc)
+    return images, descriptions
+
+
 def vqvae_metrics(vqvae: Any, images: Sequence[Any], device: str | torch.device,
-                  batch_size: int = 32) -> dict[str, float]:
-    """Reconstruction PSNR, codebook usage and code perplexity of real renders (PIL images)."""
+                  batch_size: int = 32, descriptions: Sequence[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Reconstruction PSNR, codebook usage and code perplexity of real renders (PIL images), and with
+    their descriptions the checker ceiling: the share of reconstructions the checker passes."""
     x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
                      for im in images]).permute(0, 3, 1, 2)                              # (N, 3, R, R)
-    metrics, _ = recon_metrics(vqvae, x.split(batch_size), device)
+    metrics, recon = recon_metrics(vqvae, x.split(batch_size), device)
+    if descriptions is not None:
+        metrics["checker_ceiling"] = checker_pass_rate(recon, list(descriptions))
     return metrics
 
 
@@ -100,6 +202,30 @@ def to_markdown(result: dict[str, Any]) -> str:
         for part, s in run["summary"].items():
             lines.append(f"| {t} | {part} | " + " | ".join(f"{s['pass@k'][str(k)]:.3f}" for k in ks)
                          + f" | {s[f'rerank{m}_pass@1']:.3f} |")
+    lines += ["", f"## Reranking: best of M = {m} candidates", "",
+              "| temperature | part | pass@1 | oracle pass@M | by logprob | gap closed | by clip | gap closed |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for t, run in result["temperatures"].items():
+        for part, s in run["summary"].items():
+            r = s["rerank"]
+            lines.append(f"| {t} | {part} | {r['pass@1']:.3f} | {r['oracle_pass@m']:.3f} | "
+                         f"{r['pass@1_by']['logprob']:.3f} | {fmt(r['gap_closed']['logprob'])} | "
+                         f"{fmt(r['pass@1_by'].get('clip'))} | {fmt(r['gap_closed'].get('clip'))} |")
+    sc = result.get("scorer")
+    if sc is None:
+        lines += ["", "No image-caption scorer in this model: no clip reranking (dalle scorer train / attach)."]
+    else:
+        lines += ["", "## Image-caption scorer", "", sc["similarity_note"] + ".", "",
+                  "| part | real renders | generated | generated, passing |", "|---|---|---|---|"]
+        for part, v in sc["similarity"].items():
+            lines.append(f"| {part} | {fmt(v['real'])} | {fmt(v['generated'])} | {fmt(v['generated_passing'])} |")
+        lines += ["", "Hard-negative accuracy (true caption above all its hard negatives) on fresh renders: "
+                  + ", ".join(f"{k} {fmt(v['accuracy'])} (n={v['n']})" for k, v in sc["hard_negative_accuracy"].items())
+                  + "."]
     lines += ["", "Best temperature per k (all prompts): "
               + ", ".join(f"pass@{k}: T={v['temperature']} ({v['pass@k']:.3f})"
                           for k, v in result["best_temperature"].items()), "",
@@ -107,24 +233,31 @@ def to_markdown(result: dict[str, Any]) -> str:
     for g, run in result["guidance"].items():
         for part, s in run["summary"].items():
             lines.append(f"| {g} | {run['temperature']} | {part} | {s['pass@k']['1']:.3f} |")
-    v = result["vqvae"]
-    lines += ["", "## VQVAE on held-out renders", "",
-              f"PSNR {v['psnr_db']:.2f} dB over {v['images']} images; codebook usage {v['codebook_usage']:.3f}, "
-              f"code perplexity {v['code_perplexity']:.1f}.", "", "## Fréchet distance", ""]
+    lines += ["", "## Image tokenizer on fresh real renders", "",
+              "The checker ceiling is the share of reconstructions the checker passes: no model built on this "
+              "tokenizer can pass more.", "",
+              "| part | images | checker ceiling | PSNR (dB) | codebook usage | code perplexity |",
+              "|---|---|---|---|---|---|"]
+    for part, v in result["vqvae"].items():
+        lines.append(f"| {part} | {v['images']} | {v['checker_ceiling']:.3f} | {v['psnr_db']:.2f} | "
+                     f"{v['codebook_usage']:.3f} | {v['code_perplexity']:.1f} |")
+    lines += ["", "## Fréchet distance", ""]
     fd = result["frechet"]
     lines.append(f"{fd['metric']}: {fd['value']:.3f} ({fd['note']})" if fd.get("value") is not None
                  else f"skipped: {fd['note']}")
     lines += ["", "pass@k uses the unbiased estimator 1 - C(n-c, k)/C(n, k); reranked pass@1 is the expected "
-              f"pass of the highest mean-log-probability sample among {m} drawn from the n.", ""]
+              f"pass of the highest-scoring sample (mean log-probability, or the clip scorer) among {m} drawn "
+              "from the n; the oracle pass@M is pass@k at k = M; gap closed = (reranked - pass@1) / "
+              "(oracle - pass@1).", ""]
     return "\n".join(lines)
 
 
 def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str | Path | Sequence[SuitePrompt] = "default",
              n: int = 20, temperatures: Sequence[float] = (0.7, 1.0), ks: Sequence[int] = (1, 10, 100),
              candidates: int = 8, guidance_values: Sequence[float] = (1.0, 3.0), seed: int = 0,
-             device: str | torch.device = "cpu", batch_size: int = 32, prompts_per_part: int = 4,
+             device: str | torch.device = "cpu", batch_size: int = 32, prompts_per_part: int = 6,
              top_k: int | None = None, top_p: float | None = None, frechet: bool = True,
-             n_recon: int = 64) -> dict[str, Any]:
+             n_recon: int = 64, n_scorer_check: int = 200) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md``, ``passk.png`` and ``samples.png``.
 
     Args:
@@ -136,14 +269,15 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
         candidates: M for reranked pass@1 (the best of M by mean log-probability).
         guidance_values: the first is used in the sweep; each is then run at the best pass@1 temperature.
         seed, device, batch_size, top_k, top_p: sampling options.
-        prompts_per_part: size of each part of the default suite.
+        prompts_per_part: size of each part of the default suite (6: each of the six held-out words once).
         frechet: compute FD-EfficientNetLite0 when its packages are installed.
-        n_recon: held-out renders (at least) for the VQVAE reconstruction metrics.
+        n_scorer_check: fresh renders per split and kind for the scorer's hard-negative accuracy
+            (when the model has a scorer).
+        n_recon: fresh real renders per part for the image tokenizer's checker ceiling, PSNR and usage.
     Returns:
         The result dict (also in results.json), with ``markdown_path`` and ``json_path``.
     """
-    from dalle.bundle import load_bundle
-    from dalle.pipeline import generate
+    from dalle import Dalle
 
     ks_used = _check_args(n, ks, temperatures, candidates, guidance_values)
     if isinstance(suite, (str, Path)):
@@ -154,16 +288,18 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
         raise ValueError("the prompt suite has duplicate prompts")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bundle = load_bundle(bundle_dir, device=device)
+    model = Dalle.from_pretrained(bundle_dir, device=device)
     texts = [p.prompt for p in prompts]
-    opts = dict(n=n, seed=seed, top_k=top_k, top_p=top_p, batch_size=batch_size, device=device)
+    opts = dict(n=n, seed=seed, top_k=top_k, top_p=top_p, batch_size=batch_size)
     base_g = float(guidance_values[0])
 
     runs: dict[str, dict[str, Any]] = {}
     for t in temperatures:
         log.info("eval: temperature %s, %d prompts x %d samples", t, len(texts), n)
-        gens = generate(bundle, texts, temperature=float(t), guidance=base_g, **opts)
-        runs[str(t)] = score_run(prompts, gens, n, ks_used, candidates)
+        gens = model.generate(texts, temperature=float(t), guidance=base_g, **opts)
+        clip = scorer_similarities(model, [g.prompt for g in gens], [g.image for g in gens], batch_size) \
+            if model.scorer is not None else None
+        runs[str(t)] = score_run(prompts, gens, n, ks_used, candidates, clip_scores=clip)
     best = {}
     for k in ks_used:
         t_best = max(runs, key=lambda t: runs[t]["summary"]["all"]["pass@k"][str(k)])
@@ -171,19 +307,19 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     t1 = str(best[str(min(ks_used))]["temperature"])
     guidance = {str(base_g): {"temperature": float(t1), "summary": runs[t1]["summary"]}}
     for g in guidance_values[1:]:
-        gens = generate(bundle, texts, temperature=float(t1), guidance=float(g), **opts)
+        gens = model.generate(texts, temperature=float(t1), guidance=float(g), **opts)
         guidance[str(float(g))] = {"temperature": float(t1),
                                    "summary": score_run(prompts, gens, n, ks_used, candidates)["summary"]}
 
-    res = bundle.vqvae_config.resolution
-    real = [render_description(p.description, res) for p in prompts if p.part != "in_distribution"]
-    rng = np.random.default_rng([seed, 9])
-    while len(real) < n_recon:                 # fresh held-out renders: scenes and signs alternately
-        real.append(render_scene(scene_sample(rng, split="heldout")[1], res) if len(real) % 2
-                    else sign_sample(rng, res, split="heldout")[0])
-    vq = vqvae_metrics(bundle.vqvae, real, bundle.device, batch_size)
+    res = model.resolution
+    vq = {}                                    # the tokenizer's ceiling on each part of the suite
+    for part in PARTS:
+        images, descriptions = heldout_renders(part, n_recon, res, seed)
+        vq[part] = vqvae_metrics(model.image_tokenizer, images, model.device, batch_size, descriptions=descriptions)
 
     samples = runs[t1]["_samples"]
+    scorer = (scorer_report(model, prompts, samples, temperature=t1, n_check=n_scorer_check, seed=seed,
+                            batch_size=batch_size) if model.scorer is not None else None)
     fd: dict[str, Any] = {"metric": "FD-EfficientNetLite0", "value": None}
     from evaluation import frechet as fr
     if not frechet:
@@ -193,7 +329,7 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     else:
         gen_imgs = [g.image for g, _ in samples]
         real_all = [render_description(p.description, res) for p in prompts for _ in range(n)]
-        fd["value"] = fr.fd_efficientnet(real_all, gen_imgs, device=bundle.device)
+        fd["value"] = fr.fd_efficientnet(real_all, gen_imgs, device=model.device)
         fd["note"] = (f"{len(gen_imgs)} generated (T={t1}) vs {len(real_all)} real renders of the same "
                       "descriptions; EfficientNet-Lite0 ImageNet features, not Inception: not comparable to FID")
 
@@ -201,10 +337,10 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
                out_dir / "passk.png", title="pass@k (all prompts)", xlabel="k", ylabel="pass@k", logx=True)
     pass_fail_grid([g.image for g, ok in samples if ok], [g.image for g, ok in samples if not ok],
                    out_dir / "samples.png")
-    result = {"bundle": str(bundle.path), "n": n, "ks": ks_used, "seed": seed, "candidates": min(candidates, n),
+    result = {"bundle": str(model.path), "n": n, "ks": ks_used, "seed": seed, "candidates": min(candidates, n),
               "base_guidance": base_g, "n_prompts": len(prompts), "top_k": top_k, "top_p": top_p,
               "temperatures": {t: {k: v for k, v in r.items() if k != "_samples"} for t, r in runs.items()},
-              "best_temperature": best, "guidance": guidance, "vqvae": vq, "frechet": fd,
+              "best_temperature": best, "guidance": guidance, "vqvae": vq, "frechet": fd, "scorer": scorer,
               "suite": [{"part": p.part, "prompt": p.prompt} for p in prompts]}
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")

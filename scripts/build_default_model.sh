@@ -1,37 +1,48 @@
 #!/usr/bin/env bash
 # Builds the embedded default model (dalle/assets/default) from scratch with the
-# project's own commands: data -> tokenizer -> dVAE -> token shards -> transformer.
-# These are the exact steps (and order) that produced the shipped model; see
+# project's own commands: data -> caption tokenizer -> image tokenizer -> token shards ->
+# transformer. These are the exact steps (and order) that produced the shipped model; see
 # dalle/assets/default/MODEL_CARD.md for the hardware and times.
-# Usage: scripts/build_default_model.sh [WORK_DIR]   (default: runs/default)
+# Usage: scripts/build_default_model.sh [WORK_DIR]   (default: ~/.cache/dalle-runs/v2)
 set -euo pipefail
-W=${1:-runs/default}
+W=${1:-$HOME/.cache/dalle-runs/v2}
 D=$W/data
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one thread per process: no thrashing on a shared CPU
 mkdir -p "$W" "$D"
 
-# 1. data (64 px): 30k scenes, 30k signs ("OpenAI" held out), the installed emoji sets, held-out sets
-[ -d "$D/scenes" ] || dalle data scenes "$D/scenes" -n 30000 --resolution 64 --seed 1
-[ -d "$D/signs" ] || dalle data signs "$D/signs" -n 30000 --resolution 64 --seed 2
-[ -d "$D/emoji" ] || dalle data emoji "$D/emoji" --resolution 64
-[ -d "$D/heldout_scenes" ] || dalle data scenes "$D/heldout_scenes" -n 500 --seed 101 --split heldout
+# 1. data (64 px): 40k signs (open vocabulary; the held-out words never drawn), 30k scenes, the
+#    installed emoji sets; held-out and validation sets
 [ -d "$D/heldout_signs" ] || dalle data signs "$D/heldout_signs" -n 500 --seed 102 --split heldout
+[ -d "$D/heldout_scenes" ] || dalle data scenes "$D/heldout_scenes" -n 500 --seed 101 --split heldout
+[ -d "$D/val_scenes" ] || dalle data scenes "$D/val_scenes" -n 500 --seed 103
+[ -d "$D/val_signs" ] || dalle data signs "$D/val_signs" -n 500 --seed 104
+[ -d "$D/signs" ] || dalle data signs "$D/signs" -n 40000 --resolution 64 --seed 2
+[ -d "$D/scenes" ] || dalle data scenes "$D/scenes" -n 30000 --resolution 64 --seed 1
+[ -d "$D/emoji" ] || dalle data emoji "$D/emoji" --resolution 64
 ALL="$D/scenes $D/signs $D/emoji/train"
 
-# 2. caption BPE
+# 2. caption tokenizer: byte-level BPE with the spelling tokens (sign words reach the model letter by letter)
 dalle tokenizer train $ALL --preset small --out "$W/tokenizer.json"
 
-# 3. dVAE: the preset's 8000 steps, then its reconstructions on the held-out sets
-dalle vqvae train $ALL --preset small --out "$W/vqvae"
-dalle vqvae eval "$D/heldout_scenes" "$D/heldout_signs" "$D/emoji/val" --vqvae "$W/vqvae/export" \
-  --out "$W/vqvae/eval" --device cpu
+# 3. image tokenizer: PatchVQ. The 8192-code k-means codebook of 4x4 patches of 2,500 scenes,
+#    2,000 signs and 500 emoji fixes the codes; the context decoder then trains on top of it
+#    (its codes never change), and its reconstructions are checked on the held-out sets.
+dalle vqvae codebook "$D/scenes" "$D/signs" "$D/emoji/train" --images 2500 2000 500 --preset small \
+  --out "$W/codebook8192"
+dalle vqvae train $ALL --preset small --init-from "$W/codebook8192" --out "$W/vqvae"
+dalle vqvae eval "$D/val_scenes" "$D/heldout_scenes" "$D/val_signs" "$D/heldout_signs" "$D/emoji/val" \
+  --vqvae "$W/vqvae/export" --out "$W/vqvae/eval" --device cpu
 
-# 4. token shards: 10k scenes, 10k signs and all training emoji (34,286 samples)
-dalle tokens "$D"/scenes/0000{0..9}.tar "$D"/signs/0000{0..9}.tar "$D"/emoji/train/*.tar \
-  --preset small --vqvae "$W/vqvae/export" --out "$D/tokens" --shard-size 5000 --device cpu
+# 4. token shards (84,286 training samples) and held-out token shards for the learning curve
+dalle tokens "$D/signs" --preset small --vqvae "$W/codebook8192" --out "$D/tokens/signs" --shard-size 5000 --device cpu
+dalle tokens "$D/scenes" "$D/emoji/train" --preset small --vqvae "$W/codebook8192" --out "$D/tokens/other" \
+  --shard-size 5000 --device cpu
+dalle tokens "$D/val_scenes" "$D/val_signs" --preset small --vqvae "$W/codebook8192" --out "$D/val_tokens" \
+  --shard-size 250 --device cpu
 
-# 5. transformer (the preset's 2500 steps; bf16 autocast, 2x faster than fp32 on a CPU with
-#    AVX-512 bf16) and the inference bundle
-dalle train --preset small --tokens "$D"/tokens/*.tar --tokenizer "$W/tokenizer.json" \
-  --vqvae "$W/vqvae/export" --out "$W/dalle" --set dalle_train.precision=bf16-mixed
+# 5. transformer (bf16 autocast: 2x faster than fp32 on a CPU with AVX-512 bf16), held-out loss every
+#    500 steps, and the inference bundle with the trained image decoder
+dalle train --preset small --tokens "$D"/tokens/*/*.tar --val-tokens "$D"/val_tokens/*.tar \
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/vqvae/export" --out "$W/dalle" \
+  --set dalle_train.precision=bf16-mixed --set dalle_train.val_every=500 --set dalle_train.image_every=1000
 echo "bundle: $W/dalle/bundle (copy it to dalle/assets/default to ship it)"

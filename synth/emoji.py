@@ -34,7 +34,7 @@ from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from train.data.shards import ShardWriter
+from common.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ downsampled, so edges are antialiased.
 """
 from __future__ import annotations
 
-import colorsys
 import io
 import logging
 from pathlib import Path
@@ -284,7 +283,7 @@ def write_shards(out_dir: str | Path, samples: Iterable[tuple[Image.Image, str, 
     Returns:
         The shard paths, in order.
     """
-    from train.data.shards import ShardWriter
+    from common.shards import ShardWriter
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -325,8 +324,3 @@ def build_scenes(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int
     paths = write_shards(out_dir, samples(), shard_size=shard_size, prefix="scene")
     log.info("wrote %d %s scenes in %d shards to %s", n, split, len(paths), out_dir)
     return paths
-
-
-def hue_of(rgb: Sequence[float]) -> float:
-    """Hue in degrees of an RGB triple (0-255)."""
-    return colorsys.rgb_to_hsv(*(v / 255 for v in rgb))[0] * 360

@@ -1,11 +1,15 @@
 """Synthetic signs whose truth is known: storefronts, signs and posters showing one word.
 
-Words are short (3-8 letters) so they stay legible at 64 px and are always
-drawn in capitals (captions are lowercased by the tokenizer, so case could not
-be asked for). Held-out words (``"OpenAI"`` by default) never appear in
-``split="train"`` captions or images. Each sample's metadata holds the word,
-layout, colours, font and the text's bounding box, and the claims of its
-caption (word, board colour) for ``evaluation.checker``.
+Words come from an open vocabulary (:mod:`synth.words`: real words, pronounceable
+and random strings of 2-10 letters) so that spelling is learned rather than
+memorised; a fixed word list can still be given. Words are drawn in capitals;
+the caption writes the word in upper, capitalised or lower case, so a model
+learns that every case of a letter asks for the same capital. Held-out words
+(``DEFAULT_HELD_OUT_WORDS``: "OpenAI", "MUSEUM", "ROBOTS" and three made-up
+words that are in no list of the project) never appear in ``split="train"``
+captions or images. Each sample's metadata holds the word, layout, colours, font
+and the text's bounding box, and the claims of its caption (word, board colour)
+for ``evaluation.checker``.
 """
 from __future__ import annotations
 
@@ -18,16 +22,18 @@ from PIL import Image, ImageDraw
 
 from synth.fonts import BUILTIN, load_font, sign_fonts
 from synth.scenes import SPLITS, SUPERSAMPLE, write_shards
+from synth.words import MAX_LETTERS, MIN_LETTERS, sample_word
 
 log = logging.getLogger(__name__)
 
+# The checker's lexicon of rival words (and the word list of the first default models).
 WORDS: tuple[str, ...] = (
     "CAFE", "BAKERY", "PIZZA", "BOOKS", "HOTEL", "SALE", "BANK", "DINER", "MARKET", "FLOWERS",
     "MUSIC", "SUSHI", "TOYS", "PHARMACY", "GARAGE", "CINEMA", "JAZZ", "DELI", "TACOS", "BURGER",
     "NOODLES", "GIFTS", "SHOES", "CANDY", "FRUIT", "FISH", "COFFEE", "PUB", "GYM", "ZOO", "EXIT",
     "STOP", "HELLO", "WELCOME", "PETS", "DONUTS", "LAUNDRY", "BIKES", "TOOLS", "RADIO", "MUSEUM",
     "ROBOTS", "OpenAI")
-DEFAULT_HELD_OUT_WORDS: tuple[str, ...] = ("OpenAI", "MUSEUM", "ROBOTS")
+DEFAULT_HELD_OUT_WORDS: tuple[str, ...] = ("OpenAI", "MUSEUM", "ROBOTS", "KEDUVA", "ZUGEVU", "NIMUZA")
 LAYOUTS = ("storefront", "sign", "poster")
 BOARD_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (200, 40, 40), "blue": (40, 70, 200), "green": (30, 140, 60), "yellow": (245, 210, 40),
@@ -54,24 +60,33 @@ _CAPTIONS = {
 
 
 def check_words(words: Iterable[str]) -> tuple[str, ...]:
-    """Validate a word list: 3-8 letters A-Z (any case), no duplicates ignoring case."""
+    """Validate a word list: 2-10 letters A-Z (any case), no duplicates ignoring case."""
     out = tuple(words)
     seen: set[str] = set()
     for w in out:
-        if not (3 <= len(w) <= 8 and w.isascii() and w.isalpha()):
-            raise ValueError(f"sign word {w!r} must be 3-8 ASCII letters")
+        if not (MIN_LETTERS <= len(w) <= MAX_LETTERS and w.isascii() and w.isalpha()):
+            raise ValueError(f"sign word {w!r} must be {MIN_LETTERS}-{MAX_LETTERS} ASCII letters")
         if w.upper() in seen:
             raise ValueError(f"sign word {w!r} appears twice")
         seen.add(w.upper())
     return out
 
 
-def split_words(split: str, words: Sequence[str] = WORDS,
-                held_out: Sequence[str] = DEFAULT_HELD_OUT_WORDS) -> tuple[str, ...]:
-    """The words a split draws from: train excludes held-out words, heldout is only them."""
+def split_words(split: str, words: Sequence[str] | None,
+                held_out: Sequence[str] = DEFAULT_HELD_OUT_WORDS) -> tuple[str, ...] | None:
+    """The words a split draws from: train excludes held-out words, heldout is only them.
+
+    ``words=None`` is the open vocabulary: train then returns None (draw with
+    :func:`synth.words.sample_word`).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    words, held = check_words(words), {w.upper() for w in check_words(held_out)}
+    held = {w.upper() for w in check_words(held_out)}
+    if words is None:
+        if split == "train":
+            return None
+        words = ()
+    words = check_words(words)
     if split == "train":
         out = tuple(w for w in words if w.upper() not in held)
     else:
@@ -85,19 +100,33 @@ def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
     return seq[int(rng.integers(len(seq)))]
 
 
-def sample_sign(rng: np.random.Generator, *, words: Sequence[str] = WORDS,
+def caption_case(rng: np.random.Generator, word: str) -> str:
+    """The word as a caption writes it: upper case (half), capitalised or lower case (a quarter each)."""
+    r = rng.random()
+    return word.upper() if r < 0.5 else word.capitalize() if r < 0.75 else word.lower()
+
+
+def sample_sign(rng: np.random.Generator, *, words: Sequence[str] | None = None,
                 held_out: Sequence[str] = DEFAULT_HELD_OUT_WORDS, split: str = "train",
                 fonts: Sequence[str] | None = None) -> dict[str, Any]:
     """Draw a sign spec: word, layout, colours, font and where the text goes.
 
+    ``word`` is the word as the caption writes it; ``text`` is what is drawn (capitals).
+    Held-out words keep their own spelling ("OpenAI"); training words get a random case.
+
     Args:
         rng: the random generator.
-        words: the word list.
+        words: a fixed word list, or None for the open vocabulary.
         held_out: words never drawn by ``split="train"``; the only words of ``split="heldout"``.
         split: ``"train"`` or ``"heldout"``.
         fonts: font names to draw from (default: :func:`synth.fonts.sign_fonts`).
     """
-    word = _pick(rng, split_words(split, words, held_out))
+    pool = split_words(split, words, held_out)
+    if pool is None:
+        word = caption_case(rng, sample_word(rng, held_out))
+    else:
+        word = _pick(rng, pool)
+        word = word if split == "heldout" else caption_case(rng, word)
     layout = _pick(rng, LAYOUTS)
     board = _pick(rng, list(BOARD_COLORS))
     text = _pick(rng, READABLE_ON[board])
@@ -177,12 +206,7 @@ def describe_sign(spec: dict[str, Any], rng: np.random.Generator) -> tuple[str, 
     return caption, {"word": spec["word"], "board_color": color, "layout": spec["layout"]}
 
 
-def caption_sign(spec: dict[str, Any], rng: np.random.Generator) -> str:
-    """A natural caption for the sign (see :func:`describe_sign`)."""
-    return describe_sign(spec, rng)[0]
-
-
-def sign_sample(rng: np.random.Generator, resolution: int, *, words: Sequence[str] = WORDS,
+def sign_sample(rng: np.random.Generator, resolution: int, *, words: Sequence[str] | None = None,
                 held_out: Sequence[str] = DEFAULT_HELD_OUT_WORDS, split: str = "train",
                 fonts: Sequence[str] | None = None) -> tuple[Image.Image, str, dict[str, Any]]:
     """Draw, render and caption one sign: ``(image, caption, description)``."""
@@ -193,7 +217,7 @@ def sign_sample(rng: np.random.Generator, resolution: int, *, words: Sequence[st
 
 
 def build_signs(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int = 0, split: str = "train",
-                shard_size: int = 1000, words: Sequence[str] = WORDS,
+                shard_size: int = 1000, words: Sequence[str] | None = None,
                 held_out: Sequence[str] = DEFAULT_HELD_OUT_WORDS,
                 fonts: Sequence[str] | None = None) -> list[Path]:
     """Write ``n`` synthetic signs as webdataset shards (``{key}.png``, ``.txt``, ``.json``).
@@ -205,7 +229,8 @@ def build_signs(out_dir: str | Path, n: int, *, resolution: int = 64, seed: int 
         seed: the random seed.
         split: ``"train"`` (never a held-out word) or ``"heldout"`` (only held-out words).
         shard_size: samples per shard.
-        words: the word list; held_out: the held-out words; fonts: font names (default: installed).
+        words: a fixed word list (default: the open vocabulary of :mod:`synth.words`);
+        held_out: the held-out words; fonts: font names (default: installed).
     Returns:
         The shard paths.
     """

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.data.shards import ShardWriter
+from common.shards import ShardWriter
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 SHAPES = ["square", "circle", "triangle", "star"]

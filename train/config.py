@@ -8,6 +8,7 @@ else.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,10 +17,15 @@ import yaml
 
 from configs import PRESET_DIR
 from dalle.config import DalleConfig
+from dalle.scorer import ScorerConfig
 from vqvae.config import VQVAEConfig
+from vqvae.registry import DEFAULT_KIND, config_class, config_from_preset
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+LOGGERS = ("csv", "tensorboard")
+SAMPLE_PROMPTS = ["a red circle above a blue square", "a storefront that says OpenAI", "an emoji of a cat face",
+                  "two green triangles"]
 
 
 @dataclass
@@ -74,9 +80,12 @@ class TrainConfig:
     image_every: int = 200         # save a PNG grid every N steps (0: never)
     ckpt_every: int = 200          # checkpoint every N steps
     val_every: int = 0             # validate every N steps (0: never)
+    logger: str = "csv"            # csv, or tensorboard (event files in out_dir/tensorboard, plus the CSV)
 
     def __post_init__(self) -> None:
         self.betas = list(self.betas)
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.batch_size < 1 or self.max_steps < 1 or self.grad_accum < 1:
             raise ValueError("batch_size, max_steps and grad_accum must be positive")
         if self.lr <= 0:
@@ -91,7 +100,7 @@ class TrainConfig:
 
 @dataclass
 class VQVAETrainConfig(TrainConfig):
-    """dVAE training: gumbel temperature annealing and the KL warm-up."""
+    """Image tokenizer training: the dVAE's gumbel temperature annealing and KL warm-up, PatchVQ's k-means."""
 
     temp_start: float = 1.0
     temp_end: float = 1.0 / 16
@@ -101,6 +110,9 @@ class VQVAETrainConfig(TrainConfig):
     usage_window: int = 100_000    # codes remembered for the codebook-usage metric
     dead_code_restart: bool = True
     usage_target: float = 0.9      # restart dead codes while usage is below this
+    kmeans_images: int = 2000      # PatchVQ: training images whose patches the k-means codebook is fitted on
+    kmeans_iters: int = 15         # PatchVQ: Lloyd iterations
+    edge_weight: float = 0.02      # PatchVQ: weight of the image-gradient (edge) loss beside the MSE
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +134,7 @@ class DalleTrainConfig(TrainConfig):
     activation_checkpointing: bool = False
     token_shards: list[str] = field(default_factory=list)  # precomputed (default data path)
     on_the_fly: bool = False             # tokenise images with the frozen VQVAE instead
+    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))  # drawn every image_every
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,25 +146,58 @@ class DalleTrainConfig(TrainConfig):
 
 
 @dataclass
+class ScorerTrainConfig(TrainConfig):
+    """Contrastive scorer training: symmetric InfoNCE over the batch plus hard negative captions."""
+
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    hard_negatives: bool = True          # add the synthetic hard negatives of synth.negatives
+    hard_negative_weight: float = 1.0    # weight of the image -> caption term that sees them
+    aux_weight: float = 1.0              # weight of the auxiliary heads' loss; 0: none
+    # which auxiliary heads (train.scorer_module.AUX_HEADS): from the image, "cells" (colour-shape
+    # class per cell), "chars" (a sign's letters), "counts" (objects per colour-shape pair); from the
+    # caption embedding, "text_chars", "text_counts", "text_relation"
+    aux_heads: list[str] = field(default_factory=lambda: ["cells", "chars"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.aux_heads = list(self.aux_heads)
+        if self.hard_negative_weight < 0:
+            raise ValueError("scorer_train.hard_negative_weight must be >= 0")
+        if self.aux_weight < 0:
+            raise ValueError("scorer_train.aux_weight must be >= 0")
+        known = ("cells", "chars", "counts", "text_chars", "text_counts", "text_relation")
+        unknown = [h for h in self.aux_heads if h not in known]
+        if unknown or len(set(self.aux_heads)) != len(self.aux_heads):
+            raise ValueError(f"scorer_train.aux_heads must be distinct names out of {known}, got {self.aux_heads}")
+
+
+@dataclass
 class Preset:
     """A resolved preset: every component's config, derived values filled in."""
 
     name: str
-    vqvae: VQVAEConfig
+    vqvae: Any                      # VQVAEConfig or another image tokenizer's config (vqvae.kind)
     dalle: DalleConfig
     data: DataConfig
     vqvae_train: VQVAETrainConfig
     dalle_train: DalleTrainConfig
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    scorer_train: ScorerTrainConfig = field(default_factory=ScorerTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "vqvae": self.vqvae.to_dict(), "dalle": self.dalle.to_dict(),
                 "data": asdict(self.data), "vqvae_train": asdict(self.vqvae_train),
-                "dalle_train": asdict(self.dalle_train)}
+                "dalle_train": asdict(self.dalle_train), "scorer": self.scorer.to_dict(),
+                "scorer_train": asdict(self.scorer_train)}
 
 
 _SECTIONS = {"vqvae": VQVAEConfig, "dalle": DalleConfig, "data": DataConfig,
-             "vqvae_train": VQVAETrainConfig, "dalle_train": DalleTrainConfig}
-_DERIVED = {"dalle": ("image_vocab_size", "image_grid"), "data": ("resolution",)}
+             "vqvae_train": VQVAETrainConfig, "dalle_train": DalleTrainConfig, "scorer": ScorerConfig,
+             "scorer_train": ScorerTrainConfig}
+_DERIVED = {"dalle": ("image_vocab_size", "image_grid"), "data": ("resolution",),
+            "scorer": ("resolution", "text_len", "text_vocab_size")}
 
 
 def available_presets() -> list[str]:
@@ -170,7 +216,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if len(keys) != 2 or keys[0] not in _SECTIONS:
             raise ValueError(f"override {item!r}: expected one of {sorted(_SECTIONS)} then .key")
         section, key = keys
-        known = {f.name for f in fields(_SECTIONS[section])}
+        cls = (config_class(raw.get("vqvae", {}).get("kind", DEFAULT_KIND)) if section == "vqvae"
+               else _SECTIONS[section])
+        known = {f.name for f in fields(cls)} | ({"kind"} if section == "vqvae" else set())
         if key not in known:
             raise ValueError(f"override {item!r}: {section} has no key {key!r}")
         if key in _DERIVED.get(section, ()):
@@ -188,11 +236,15 @@ def preset_from_dict(raw: dict[str, Any], name: str = "custom") -> Preset:
         for key in keys:
             if key in raw.get(section, {}):
                 raise ValueError(f"{section}.{key} is derived from the vqvae section; remove it")
-    vq = VQVAEConfig.from_dict(dict(raw.get("vqvae", {})))
+    vq = config_from_preset(dict(raw.get("vqvae", {})))      # vqvae.kind picks the image tokenizer
     dalle_raw = dict(raw.get("dalle", {}))
     dalle_raw.update(image_vocab_size=vq.vocab_size, image_grid=vq.grid_size)
     data_raw = dict(raw.get("data", {}))
     data_raw["resolution"] = vq.resolution
+    dalle_cfg = DalleConfig.from_dict(dalle_raw)
+    scorer_raw = dict(raw.get("scorer", {}))
+    scorer_raw.update(resolution=vq.resolution, text_len=dalle_cfg.text_len,
+                      text_vocab_size=dalle_cfg.text_vocab_size)
 
     def build(cls, d):
         known = {f.name for f in fields(cls)}
@@ -201,10 +253,12 @@ def preset_from_dict(raw: dict[str, Any], name: str = "custom") -> Preset:
             raise ValueError(f"unknown keys for {cls.__name__}: {sorted(bad)}")
         return cls(**d)
 
-    return Preset(name=raw.get("name", name), vqvae=vq, dalle=DalleConfig.from_dict(dalle_raw),
+    return Preset(name=raw.get("name", name), vqvae=vq, dalle=dalle_cfg,
                   data=build(DataConfig, data_raw),
                   vqvae_train=build(VQVAETrainConfig, dict(raw.get("vqvae_train", {}))),
-                  dalle_train=build(DalleTrainConfig, dict(raw.get("dalle_train", {}))))
+                  dalle_train=build(DalleTrainConfig, dict(raw.get("dalle_train", {}))),
+                  scorer=ScorerConfig.from_dict(scorer_raw),
+                  scorer_train=build(ScorerTrainConfig, dict(raw.get("scorer_train", {}))))
 
 
 def load_preset(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Preset:
@@ -228,3 +282,23 @@ def load_preset(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Pres
         raise ValueError(f"{path}: a preset must be a YAML mapping")
     raw = apply_overrides(raw, overrides)
     return preset_from_dict(raw, name=path.stem)
+
+
+def with_image_tokenizer(preset: Preset, image_config: Any) -> Preset:
+    """``preset`` with the values that cross stages read from a trained image tokenizer's config.
+
+    Stage 2 (token precomputation, transformer training) models the codes of one trained
+    image tokenizer, so its codebook size, code grid and resolution come from that
+    artefact, never from the preset's ``vqvae`` section (which may have been overridden
+    when the tokenizer was trained).
+
+    Args:
+        preset: the resolved preset.
+        image_config: the trained tokenizer's config (``vocab_size``, ``grid_size``, ``resolution``).
+    Returns:
+        A new :class:`Preset` whose ``vqvae`` is the tokenizer's own config.
+    """
+    dalle = dataclasses.replace(preset.dalle, image_vocab_size=image_config.vocab_size,
+                                image_grid=image_config.grid_size)
+    data = dataclasses.replace(preset.data, resolution=image_config.resolution)
+    return dataclasses.replace(preset, vqvae=image_config, dalle=dalle, data=data)

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import dalle.tokenizer
+from dalle.bundle import check_compatible
 from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
 from train.config import DalleTrainConfig
 from train.optim import build_optimizer, build_scheduler
-from vqvae.model import DiscreteVAE
+from vqvae.registry import load_image_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,8 @@ class DalleLoss(NamedTuple):
 
 
 def null_text_tokens(cfg: DalleConfig, batch: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
-    """The null caption (all pads, pad id = text_vocab_size + position), shape (batch, text_len)."""
-    row = torch.arange(cfg.text_vocab_size, cfg.text_vocab_size + cfg.text_len, device=device)
-    return row.expand(batch, -1).clone()  # (B, text_len)
+    """The null caption of ``cfg`` (:func:`dalle.tokenizer.null_tokens`), shape (batch, text_len)."""
+    return dalle.tokenizer.null_tokens(cfg.text_vocab_size, cfg.text_len, batch, device)
 
 
 def drop_captions(text_tokens: torch.Tensor, p: float, null_tokens: torch.Tensor,
@@ -169,12 +170,8 @@ class DalleModule(L.LightningModule):
             path = self.hparams["vqvae_dir"]
             if path is None:
                 raise ValueError("batch holds images but the module was given no vqvae_dir")
-            vq = DiscreteVAE.from_checkpoint(path).eval().requires_grad_(False)
-            vq_cfg = vq.config
-            if vq_cfg.vocab_size != self.config.image_vocab_size or vq_cfg.grid_size != self.config.image_grid:
-                raise ValueError(f"VQVAE {path} makes {vq_cfg.grid_size}^2 codes out of {vq_cfg.vocab_size}, "
-                                 f"the transformer expects {self.config.image_grid}^2 out of "
-                                 f"{self.config.image_vocab_size}")
+            vq = load_image_tokenizer(path).eval().requires_grad_(False)
+            check_compatible(self.config, vq.config)
             self._vqvae.append(vq)
         vq = self._vqvae[0]
         if next(vq.parameters()).device != device:
@@ -243,8 +240,19 @@ class DalleModule(L.LightningModule):
         seed = int(np.random.SeedSequence([self.train_config.seed, step, micro, rank]).generate_state(1)[0])
         gen = torch.Generator().manual_seed(seed)
         text_tokens = drop_captions(text_tokens, self.train_config.caption_dropout, self.null_tokens, gen)
-        logits = self.model(text_tokens, image_tokens)
+        logits = self.model(text_tokens, image_tokens[:, :-1])   # inputs: every code but the last
         return dalle_loss(logits, text_tokens, image_tokens, self.train_config.text_loss_weight)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Held-out loss of the full captions (no caption dropout): the learning curve's y axis."""
+        text_tokens, image_tokens = batch["text_tokens"], batch.get("image_tokens")
+        if image_tokens is None:
+            image_tokens = self._encode_images(batch["images"])
+        logits = self.model(text_tokens, image_tokens[:, :-1])
+        out = dalle_loss(logits, text_tokens, image_tokens, self.train_config.text_loss_weight)
+        bs = text_tokens.shape[0]
+        self.log_dict({"val/loss": out.loss, "val/text_loss": out.text_loss, "val/image_loss": out.image_loss},
+                      on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self.compute_loss(batch, step=self.global_step, micro=batch_idx % self.train_config.grad_accum,

@@ -6,6 +6,11 @@ learnt on the text the model will see. The file gets one special token,
 ``<|endoftext|>``. With ``vocab_size >= 257`` every byte is in the vocabulary
 (nothing is ever unknown); a smaller vocabulary (tests, toy data) keeps only
 the bytes seen in training and drops others when encoding.
+
+With ``spell=True`` (the default) the file also gets the spelling tokens of
+:data:`dalle.tokenizer.SPELL_TOKENS`, and the merges are learnt on the captions
+without the text they ask to draw (:func:`dalle.tokenizer.plain_text`): that
+text reaches the model letter by letter, never as BPE tokens.
 """
 from __future__ import annotations
 
@@ -17,11 +22,11 @@ import webdataset as wds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dalle.atomic import atomic_write
-from dalle.tokenizer import EOT, normalize_caption
+from dalle.tokenizer import EOT, SPELL_TOKENS, normalize_caption, plain_text
 from train.config import DataConfig
 from train.data.decode import CAPTION_EXT, SkipCounter, SkipSample, decode_caption, find_image
 from train.data.loader import _CountingHandler
-from train.data.shards import expand_sources
+from common.shards import expand_sources
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,7 @@ BYTE_ALPHABET = 256
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, out_path: str | Path,
-                    lowercase: bool = True) -> Path:
+                    lowercase: bool = True, spell: bool = True) -> Path:
     """Learn a byte-level BPE on ``captions`` and write ``tokenizer.json`` atomically.
 
     Args:
@@ -38,27 +43,30 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, out_path: str | Pa
             model's ``dalle.text_vocab_size``.
         out_path: the ``tokenizer.json`` to write (parent directories created).
         lowercase: lowercase captions (must match ``data.lowercase``).
+        spell: add the spelling tokens, so that the text a caption asks to draw is
+            encoded character by character (see :mod:`dalle.tokenizer`).
     Returns:
         ``out_path`` as a Path.
     Raises:
         ValueError: vocab_size too small, or no non-empty caption.
     """
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-    full_alphabet = vocab_size > BYTE_ALPHABET
+    special = [EOT, *SPELL_TOKENS] if spell else [EOT]
+    if vocab_size < len(special) + 1:
+        raise ValueError(f"vocab_size must be at least {len(special) + 1}, got {vocab_size}")
+    full_alphabet = vocab_size - len(special) > BYTE_ALPHABET
     if not full_alphabet:
         log.warning("vocab_size %d <= 256: bytes not seen in training cannot be encoded", vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+        vocab_size=vocab_size, special_tokens=special, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if full_alphabet else [])
     n = [0]
 
     def normalised() -> Iterator[str]:
         for caption in captions:
-            text = normalize_caption(caption, lowercase)
+            text = normalize_caption(plain_text(caption) if spell else caption, lowercase)
             if text:
                 n[0] += 1
                 yield text
@@ -75,8 +83,8 @@ def captions_from_shards(sources: Any, data_cfg: DataConfig, *, limit: int | Non
                          counter: SkipCounter | None = None) -> Iterator[str]:
     """Captions of the samples in ``sources`` that have an image (images are not decoded).
 
-    Captions go through :func:`train.data.decode.decode_caption` (UTF-8, normalised
-    with ``data_cfg.lowercase``, empty ones skipped), so the tokenizer sees what
+    Captions go through :func:`train.data.decode.decode_caption` (UTF-8, normalised,
+    case kept, empty ones skipped), so the tokenizer sees what
     training sees. Skips are counted in ``counter``.
     """
     counter = counter if counter is not None else SkipCounter()
@@ -87,7 +95,7 @@ def captions_from_shards(sources: Any, data_cfg: DataConfig, *, limit: int | Non
             counter.add("no_image")
             continue
         try:
-            yield decode_caption(sample.get(CAPTION_EXT), data_cfg.lowercase)
+            yield decode_caption(sample.get(CAPTION_EXT), lowercase=False)   # train_tokenizer normalises
         except SkipSample as e:
             counter.add(e.reason)
             continue

@@ -22,11 +22,12 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 import torch.distributed as dist
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
-from dalle.atomic import atomic_write
+from dalle.images import save_recon_grid
 from train.codebook import CodeUsage, restart_dead_codes
 from train.config import VQVAETrainConfig
+from train.monitor import log_image
 from train.schedules import warmup_cosine
 from vqvae.config import VQVAEConfig
 from vqvae.losses import elbo_loss, kl_uniform, psnr, reconstruction_loss
@@ -80,14 +81,19 @@ def kl_weight_at(step: int, *, kl_weight: float, warmup_steps: int, kind: str = 
 
 def save_grid_atomic(images: torch.Tensor, reconstructions: torch.Tensor, path: Path) -> Path:
     """Write originals (top row) over reconstructions (bottom row) as one PNG, atomically."""
-    n = images.shape[0]
-    grid = make_grid(torch.cat([images.float(), reconstructions.float()]).clamp(0, 1).cpu(),
-                     nrow=n, padding=1)                               # (3, H, W)
-    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))
+    return save_recon_grid(images, reconstructions, path)
+
+
+def recon_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Originals (top row) over reconstructions (bottom row) as one (3, H, W) image in [0, 1]."""
+    return make_grid(torch.cat([images.float(), reconstructions.float()]).clamp(0, 1).cpu(),
+                     nrow=images.shape[0], padding=1)                 # (3, H, W)
 
 
 class VQVAEModule(L.LightningModule):
     """Trains a :class:`DiscreteVAE`; ``export(dir)`` writes the inference weights."""
+
+    model_class: type[torch.nn.Module] = DiscreteVAE
 
     def __init__(self, vqvae_cfg: VQVAEConfig, train_cfg: VQVAETrainConfig,
                  out_dir: str | Path | None = None) -> None:
@@ -95,7 +101,7 @@ class VQVAEModule(L.LightningModule):
         self.vqvae_cfg = vqvae_cfg
         self.train_cfg = train_cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.model = DiscreteVAE(vqvae_cfg)
+        self.model = self.model_class(vqvae_cfg)
         self.usage = CodeUsage(vqvae_cfg.vocab_size, train_cfg.usage_window)
         self.skipped_total: Counter[str] = Counter()   # summed over ranks up to the last sync
         self._skipped_local: Counter[str] = Counter()  # this rank, since the last sync
@@ -257,6 +263,7 @@ class VQVAEModule(L.LightningModule):
     def _save_grid(self, images: torch.Tensor, step: int) -> Path:
         recon = self.model.decode(self.model.encode(images))
         path = save_grid_atomic(images, recon, self.out_dir / "images" / f"step_{step:06d}.png")
+        log_image(self.trainer, "images/reconstructions", recon_grid(images, recon), step)
         log.info("saved reconstructions to %s", path)
         return path
 

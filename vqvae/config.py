@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from common.configs import config_from_dict
 
 LIKELIHOODS = ("logit_laplace", "mse")
 RELAXATIONS = ("gumbel", "straight_through")
@@ -61,9 +63,6 @@ class VQVAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VQVAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown vqvae config keys: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, complete: bool = False) -> "VQVAEConfig":
+        """The config from a mapping; ``complete`` (a saved ``vqvae.json``) requires every key."""
+        return config_from_dict(cls, d, what="vqvae", complete=complete)

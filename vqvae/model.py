@@ -13,18 +13,15 @@ the decoder's pixel-distribution parameters; the loss is in :mod:`vqvae.losses`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vqvae.checkpoint import load_tokenizer, save_tokenizer
 from vqvae.config import VQVAEConfig
 from vqvae.decoder import Decoder
 from vqvae.encoder import Encoder
@@ -33,28 +30,12 @@ from vqvae.relaxation import relax
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "vqvae.safetensors"
-CONFIG_FILE = "vqvae.json"
 
 
 class VQVAEOutput(NamedTuple):
     logits: torch.Tensor     # (B, V, h, w) code logits
     params: torch.Tensor     # (B, 2C, R, R) logit-Laplace (mu, log_scale) or (B, C, R, R) for MSE
     features: torch.Tensor   # (B, F, h, w) encoder features before the logit head
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Temporary file + rename (vqvae/ stays free of other packages; dalle/atomic.py is the shared twin)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class DiscreteVAE(nn.Module):
@@ -147,30 +128,9 @@ class DiscreteVAE(nn.Module):
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``vqvae.safetensors`` and ``vqvae.json`` (the config) into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _write_atomic(d / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-        text = json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
-        _write_atomic(d / CONFIG_FILE, lambda p: Path(p).write_text(text))
-        log.info("saved dVAE to %s", d)
-        return d
+        return save_tokenizer(self, directory)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> "DiscreteVAE":
         """Rebuild a model saved by :meth:`save`, on ``device``, in eval mode."""
-        d = Path(directory)
-        cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights_path.is_file():
-            raise ValueError(f"{d} is not a dVAE checkpoint: need {CONFIG_FILE} and {WEIGHTS_FILE}")
-        try:
-            cfg = VQVAEConfig.from_dict(json.loads(cfg_path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
-        model = cls(cfg)
-        try:
-            model.load_state_dict(load_file(str(weights_path), device="cpu"))
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise ValueError(f"{weights_path} does not match its config: {first}") from None
-        return model.to(device).eval()
+        return load_tokenizer(cls, VQVAEConfig, directory, device)

@@ -1,6 +1,7 @@
 """The dalle command: every subcommand listed, each error path one line + exit 2, generate/edit end to end."""
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import build_parser, main
+from cli.main import main
 from dalle.bundle import save_bundle
 from dalle.model import DalleTransformer
 from tests.helpers import random_caption
@@ -16,7 +17,7 @@ from train.config import load_preset
 from train.text_tokenizer import train_tokenizer
 from vqvae.model import DiscreteVAE
 
-COMMANDS = ["generate", "edit", "data", "tokenizer", "vqvae", "tokens", "train", "eval"]
+COMMANDS = ["generate", "edit", "data", "tokenizer", "vqvae", "tokens", "train", "eval", "serve", "scorer"]
 
 
 def make_bundle(root, *, seed=0, vocab=None):
@@ -34,12 +35,14 @@ def bundle_dir(tmp_path_factory):
     return make_bundle(tmp_path_factory.mktemp("cli"))
 
 
-def test_help_lists_every_command():
+def test_help_lists_every_command(capsys):
     out = subprocess.run([sys.executable, "-m", "cli.main", "-h"], capture_output=True, text=True, check=True).stdout
-    for name in COMMANDS:
-        assert f"    {name}" in out, name
-    sub = build_parser()._subparsers._group_actions[0].choices
-    assert sorted(sub) == sorted(COMMANDS)
+    listed = re.findall(r"^    ([a-z]+)  ", out, flags=re.M)
+    assert sorted(listed) == sorted(COMMANDS)
+    for name in COMMANDS:              # and each listed command answers -h on its own
+        with pytest.raises(SystemExit) as done:
+            main([name, "-h"])
+        assert done.value.code == 0 and f"usage: dalle {name}" in capsys.readouterr().out
 
 
 def test_generate_end_to_end_writes_pngs_with_metadata(bundle_dir, tmp_path, capsys):
@@ -135,3 +138,30 @@ def test_long_prompt_is_truncated_with_a_warning(bundle_dir, tmp_path):
     r = run_cli("generate", "a red circle " * 20, "-n", "1", "--model", str(bundle_dir), "--out", str(tmp_path), "-q")
     assert r.returncode == 0, r.stderr
     assert "truncated" in r.stderr
+
+
+def test_sampling_extremes_and_options_reach_the_sampler(bundle_dir, tmp_path):
+    common = ["-n", "1", "--model", str(bundle_dir), "-q"]
+    r = run_cli("generate", "a cat", "--temperature", "1e-45", "--out", str(tmp_path / "greedy"), *common)
+    assert r.returncode == 0, r.stderr                                     # a tiny temperature is greedy
+    greedy = Image.open(tmp_path / "greedy" / "a-cat_000.png").convert("RGB").tobytes()
+    assert main(["generate", "a cat", "--top-k", "1", "--no-cache", "--out", str(tmp_path / "top1"), *common]) == 0
+    assert Image.open(tmp_path / "top1" / "a-cat_000.png").convert("RGB").tobytes() == greedy
+    settings = json.loads(Image.open(tmp_path / "top1" / "a-cat_000.png").text["settings"])
+    assert settings["use_cache"] is False and settings["dtype"] == "auto" and settings["compile"] is None
+    for args, message in ((["--guidance", "1e300"], "guidance 1e+300 overflows"), (["--dtype", "int8"], "dtype"),
+                          (["--compile", "fast"], "compile"), (["--scorer", "nope"], "unknown scorer")):
+        r = run_cli("generate", "a cat", "--out", str(tmp_path / "bad"), *common, *args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_an_internal_error_is_not_reported_as_bad_input(bundle_dir, tmp_path, monkeypatch):
+    import dalle.api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dalle.api.Dalle, "generate", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["generate", "a cat", "--model", str(bundle_dir), "--out", str(tmp_path), "-q"])

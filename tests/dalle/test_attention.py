@@ -101,7 +101,7 @@ def test_model_flex_backend_matches_sdpa_backend():
     cfg = small_cfg("row", n_layer=2, attn_layouts=["row", "conv"])
     model = DalleTransformer(cfg).eval()
     text = torch.randint(0, cfg.text_vocab_total, (2, cfg.text_len))
-    image = torch.randint(0, cfg.image_vocab_size, (2, cfg.image_len))
+    image = torch.randint(0, cfg.image_vocab_size, (2, cfg.image_len - 1))
     model.attn_backend = "sdpa"
     with torch.no_grad():
         ref = model(text, image)
@@ -123,7 +123,7 @@ def test_one_layer_information_flow_follows_the_mask(layout):
     model = DalleTransformer(cfg).eval()
     mask = layout_mask(layout, cfg)
     text = torch.randint(0, cfg.text_vocab_size, (1, cfg.text_len))
-    image = torch.randint(0, cfg.image_vocab_size, (1, cfg.image_len))
+    image = torch.randint(0, cfg.image_vocab_size, (1, cfg.image_len - 1))
     base = model(text, image).image[0]                          # output at seq pos TEXT_LEN-1+j
     query = TEXT_LEN + 2 * GRID + 2                             # image token (2, 2) as input position
     out_idx = query - (TEXT_LEN - 1)

@@ -20,8 +20,8 @@ def tiny_cfg(*layouts: str):
 def batch(cfg, B=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(0, cfg.text_vocab_total, (B, cfg.text_len), generator=g)
-    image = torch.randint(0, cfg.image_vocab_size, (B, cfg.image_len), generator=g)
-    return text, image
+    image = torch.randint(0, cfg.image_vocab_size, (B, cfg.image_len - 1), generator=g)
+    return text, image      # the inputs of a training call: every code but the last
 
 
 def test_training_call_shapes_follow_the_contract():
@@ -32,8 +32,9 @@ def test_training_call_shapes_follow_the_contract():
     assert isinstance(out, Logits)
     assert out.text.shape == (3, cfg.text_len - 1, cfg.text_vocab_total)
     assert out.image.shape == (3, cfg.image_len, cfg.image_vocab_size)
-    # a shorter image prefix is allowed: n codes in -> n image predictions out
-    assert model(text, image[:, :5]).image.shape == (3, 5, cfg.image_vocab_size)
+    # n codes in -> n + 1 image predictions out (code j is predicted from the codes before it)
+    assert model(text, image[:, :5]).image.shape == (3, 6, cfg.image_vocab_size)
+    assert model(text, image[:, :0]).image.shape == (3, 1, cfg.image_vocab_size)
 
 
 @pytest.mark.parametrize("layout", ATTN_LAYOUTS)
@@ -66,12 +67,10 @@ def test_cached_logits_equal_full_forward(layout, prefix):
     with torch.inference_mode():
         full = model(text, image)
         model.setup_cache(text.size(0))
-        pre = model(text, image[:, :prefix] if prefix else None, torch.arange(cfg.text_len + prefix))
+        pre = model.prefill(text, image[:, :prefix])
         parts = [pre.image]
         for j in range(prefix, cfg.image_len - 1):
-            step = model(None, image[:, j:j + 1], torch.tensor([cfg.text_len + j]))
-            assert step.text is None
-            parts.append(step.image)
+            parts.append(model.decode_step(image[:, j:j + 1], torch.tensor([cfg.text_len + j])))
     cached = torch.cat(parts, dim=1)
     assert cached.shape == full.image.shape
     torch.testing.assert_close(pre.text, full.text, atol=1e-5, rtol=0)
@@ -159,9 +158,14 @@ def test_bad_inputs_raise_value_errors():
     text, image = batch(cfg)
     with pytest.raises(ValueError, match="text_tokens"):
         model(text[:, :-1], image)
+    full = torch.cat([image, image[:, :1]], 1)                           # all image_len codes: none left to predict
     with pytest.raises(ValueError, match="image_tokens"):
-        model(text, image[:, :0])
+        model(text, full)
+    with pytest.raises(ValueError, match="batch sizes"):
+        model(text, image[:2])
     with pytest.raises(RuntimeError, match="setup_cache"):
-        model(None, image[:, :1], torch.tensor([cfg.text_len]))
+        model.decode_step(image[:, :1], torch.tensor([cfg.text_len]))
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        model.prefill(text, image[:, :0])
     with pytest.raises(ValueError, match="backend"):
         model.attn_backend = "xformers"

@@ -33,7 +33,7 @@ def captions(model, B, seed=0):
 def full_logprobs(model, text, image_tokens):
     """log p(code_j | text, codes_<j) of every position from one uncached forward."""
     with torch.no_grad():
-        return torch.log_softmax(model(text, image_tokens).image.float(), -1)   # (B, image_len, Vi)
+        return torch.log_softmax(model(text, image_tokens[:, :-1]).image.float(), -1)   # (B, image_len, Vi)
 
 
 def test_image_seed_is_stable_and_sensitive():
@@ -64,7 +64,7 @@ def test_cached_sampling_equals_recompute(layout):
     # and greedy decoding through the cache picks the argmax of one full forward at every position
     greedy = sample(model, text, seeds=seeds, top_k=1)
     with torch.no_grad():
-        full = model(text, greedy.image_tokens).image
+        full = model(text, greedy.image_tokens[:, :-1]).image
     assert torch.equal(greedy.image_tokens, full.argmax(-1))
 
 
@@ -114,8 +114,8 @@ def test_guided_greedy_matches_manual_guidance_with_full_forwards():
     g = 2.5
     out = sample(model, text, null_text_tokens=null, guidance=g, top_k=1, seeds=[0, 1])
     with torch.no_grad():
-        cond = model(text, out.image_tokens).image
-        uncond = model(null, out.image_tokens).image
+        cond = model(text, out.image_tokens[:, :-1]).image
+        uncond = model(null, out.image_tokens[:, :-1]).image
     assert torch.equal(out.image_tokens, (uncond + g * (cond - uncond)).argmax(-1))
     plain = sample(model, text, top_k=1, seeds=[0, 1])
     assert not torch.equal(plain.image_tokens, out.image_tokens)    # guidance changed something
@@ -163,3 +163,44 @@ def test_bad_options_raise_value_errors():
             sample(model, text, **kw)
     with pytest.raises(ValueError, match="text_tokens"):
         sample(model, text[:, :-1], seeds=[1, 2])
+
+
+# ---- every drawn index lies in the vocabulary, whatever the logits ----------------------
+def test_nan_logits_still_draw_an_index_in_the_vocabulary():
+    logits = torch.tensor([[float("nan")] * 4, [float("inf"), 0.0, float("-inf"), 1.0], [0.0, 1.0, 2.0, 3.0]])
+    idx = sample_from_logits(logits, torch.tensor([0.5, 0.999, 0.999]))
+    assert idx.min() >= 0 and idx.max() < 4
+    assert idx[2] == 3
+
+
+@pytest.mark.parametrize("use_cache", (True, False))
+def test_a_tiny_temperature_is_greedy_decoding(use_cache):
+    model = make_model()
+    text, null = captions(model, 2)
+    greedy = sample(model, text, seeds=[1, 2], top_k=1, use_cache=use_cache)
+    for t in (1e-45, 1e-30, 1e-8):
+        tiny = sample(model, text, seeds=[1, 2], temperature=t, use_cache=use_cache)
+        assert torch.equal(tiny.image_tokens, greedy.image_tokens), t
+    guided = sample(model, text, null_text_tokens=null, guidance=3.0, temperature=1e-45, seeds=[1, 2])
+    assert torch.equal(guided.image_tokens,
+                       sample(model, text, null_text_tokens=null, guidance=3.0, top_k=1, seeds=[1, 2]).image_tokens)
+
+
+def test_guidance_that_overflows_float32_is_a_value_error_naming_it():
+    model = make_model()
+    text, null = captions(model, 2)
+    with pytest.raises(ValueError, match="guidance 1e\\+300 overflows"):
+        sample(model, text, null_text_tokens=null, guidance=1e300, seeds=[1, 2])
+
+
+@pytest.mark.parametrize("use_cache", (True, False))
+@pytest.mark.parametrize("bad", (float("nan"), float("inf")))
+def test_non_finite_weights_are_a_value_error_naming_the_model(use_cache, bad):
+    model = make_model()
+    with torch.no_grad():
+        model.image_head.weight[3, 0] = bad
+    text, null = captions(model, 2)
+    with pytest.raises(ValueError, match="model produced non-finite logits"):
+        sample(model, text, seeds=[1, 2], use_cache=use_cache)
+    with pytest.raises(ValueError, match="model produced non-finite logits"):
+        sample(model, text, null_text_tokens=null, guidance=2.0, seeds=[1, 2], use_cache=use_cache)

@@ -93,13 +93,83 @@ def test_run_eval_end_to_end_on_tiny(tiny_bundle, tmp_path):
         for r in rows:   # 16-px images from a random model: the checker refuses them, with a reason
             assert r["n"] == 2 and r["c"] == 0 and r["pass@k"]["1"] == 0.0 and "too small" in r["reasons"][0]
     assert set(result["guidance"]) == {"1.0", "2.0"}
-    v = result["vqvae"]
-    assert v["images"] == 64 and 0 < v["codebook_usage"] <= 1 and np.isfinite(v["psnr_db"])
+    assert set(result["vqvae"]) == {"in_distribution", "heldout_combos", "heldout_words"}
+    for v in result["vqvae"].values():
+        assert v["images"] == 64 and 0 < v["codebook_usage"] <= 1 and np.isfinite(v["psnr_db"])
+        assert v["checker_ceiling"] == 0.0        # 16 px reconstructions are below the checker's minimum
     assert result["frechet"]["value"] is None and result["frechet"]["note"] == "disabled"
     md = (tmp_path / "eval" / "results.md").read_text()
     assert "pass@1" in md and "heldout_words" in md
     for name in ("passk.png", "samples.png"):
         assert Image.open(tmp_path / "eval" / name).size[0] > 0
+
+
+class RenderModel:
+    """A stand-in for ``Dalle`` at 64 px whose samples are known: for the prompt at ``position`` in the
+    suite, sample ``i`` is the prompt's real render when ``i < good(position, temperature, guidance)``
+    and its pixels shuffled otherwise; the image tokenizer is a real PatchVQ fitted on real renders."""
+
+    resolution, scorer, device, path = 64, None, torch.device("cpu"), "render-model"
+
+    def __init__(self, suite, good):
+        from vqvae.patch_vq import PatchVQ, PatchVQConfig
+
+        self.suite, self.good = suite, good
+        self.image_tokenizer = PatchVQ(PatchVQConfig(resolution=64, patch=4, vocab_size=128, n_hid=8, n_blocks=0))
+        renders = [render_description(sp.description, 64) for sp in suite]
+        x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255) for im in renders])
+        self.image_tokenizer.fit_codebook(x.permute(0, 3, 1, 2), iters=5)       # (N, 3, 64, 64)
+        self.calls = []
+
+    def generate(self, prompts, *, n, seed, temperature, guidance, **_):
+        self.calls.append((temperature, guidance))
+        out = []
+        for position, prompt in enumerate(prompts):
+            sp = self.suite[position]
+            assert sp.prompt == prompt
+            real = render_description(sp.description, 64)
+            for i in range(n):
+                ok = i < self.good(position, temperature, guidance)
+                out.append(FakeGeneration(prompt, i, real if ok else shuffle_pixels(real, i), score=float(ok)))
+        return out
+
+
+def test_run_eval_counts_real_passes_and_failures(tmp_path, monkeypatch):
+    """At 64 px the checker decides: pass counts, the best temperature and the guidance summary follow
+    exactly from which samples are real renders."""
+    import dalle
+
+    suite = default_suite(prompts_per_part=2, seed=0)                       # 6 prompts, 3 parts
+    n = 4
+
+    def good(position, temperature, guidance):
+        if guidance != 1.0:
+            return n                                                        # guidance: every sample passes
+        return position % (n + 1) if temperature == 0.8 else position % 2  # T=1.0 passes fewer
+
+    model = RenderModel(suite, good)
+    monkeypatch.setattr(dalle.Dalle, "from_pretrained", classmethod(lambda cls, path, device="cpu": model))
+    result = run_eval("unused", tmp_path / "eval", suite=suite, n=n, temperatures=(0.8, 1.0), ks=(1, 2),
+                      candidates=2, guidance_values=(1.0, 3.0), batch_size=8, frechet=False, n_recon=4)
+    assert model.calls == [(0.8, 1.0), (1.0, 1.0), (0.8, 3.0)]
+    for t in (0.8, 1.0):
+        rows = result["temperatures"][str(t)]["prompts"]
+        assert [r["c"] for r in rows] == [good(j, t, 1.0) for j in range(len(suite))]
+        for r in rows:
+            assert r["pass@k"]["1"] == r["c"] / n
+            assert r["pass@k"]["2"] == pytest.approx(pass_at_k(n, r["c"], 2))
+            assert (r["reasons"] == []) == (r["c"] == n)
+    want_08 = np.mean([good(j, 0.8, 1.0) / n for j in range(len(suite))])   # (0+1+2+3+4+0)/24
+    assert result["temperatures"]["0.8"]["summary"]["all"]["pass@k"]["1"] == pytest.approx(want_08)
+    assert result["best_temperature"]["1"] == {"temperature": 0.8, "pass@k": pytest.approx(want_08)}
+    assert result["guidance"]["3.0"]["summary"]["all"]["pass@k"]["1"] == 1.0
+    for part, row in result["guidance"]["1.0"]["summary"].items():
+        assert row["prompts"] == (6 if part == "all" else 2)
+    ceilings = [v["checker_ceiling"] for v in result["vqvae"].values()]
+    assert all(v["images"] == 4 and np.isfinite(v["psnr_db"]) for v in result["vqvae"].values())
+    assert all(c * 4 == int(c * 4) for c in ceilings) and max(ceilings) > 0   # 64 px: reconstructions can pass
+    grid = Image.open(tmp_path / "eval" / "samples.png")
+    assert grid.size[0] > 64
 
 
 def test_run_eval_rejects_bad_arguments(tiny_bundle, tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from synth.emoji import SETUP_COMMAND, build_emoji, emoji_caption
 from train.data.inspect import inspect_shards
-from train.data.shards import expand_sources
+from common.shards import expand_sources
 
 
 def fake_datasource(root, *, with_emojibase: bool = True):

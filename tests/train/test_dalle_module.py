@@ -58,7 +58,7 @@ def test_loss_targets_are_shifted_text_and_unshifted_image():
 def test_loss_weights_isolate_each_term():
     module = make_module()
     batch = token_batch(module.config, 4)
-    logits = module.model(batch["text_tokens"], batch["image_tokens"])
+    logits = module.model(batch["text_tokens"], batch["image_tokens"][:, :-1])
     t, i = batch["text_tokens"], batch["image_tokens"]
     text_only = dalle_loss(logits, t, i, 1.0)
     image_only = dalle_loss(logits, t, i, 0.0)
@@ -79,7 +79,7 @@ def test_loss_is_fp32_under_bf16_autocast():
     module = make_module()
     batch = token_batch(module.config, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = module.model(batch["text_tokens"], batch["image_tokens"])
+        logits = module.model(batch["text_tokens"], batch["image_tokens"][:, :-1])
         out = dalle_loss(logits, batch["text_tokens"], batch["image_tokens"], 0.125)
     assert logits.image.dtype == torch.bfloat16
     assert out.loss.dtype == out.text_loss.dtype == out.image_loss.dtype == torch.float32
@@ -100,6 +100,22 @@ def test_caption_dropout_rows_are_kept_or_fully_null():
     assert 10 < int(is_null.sum()) < 54
     again = drop_captions(text, 0.5, null, torch.Generator().manual_seed(1))
     assert torch.equal(half, again)
+
+
+def test_training_null_caption_is_the_samplers(tiny_tokenizer, monkeypatch):
+    """Guidance dropout trains on the caption guided sampling conditions on: one definition."""
+    import dalle.tokenizer
+
+    module = make_module(caption_dropout=0.5)              # built without a tokenizer file
+    assert (tiny_tokenizer.vocab_size, tiny_tokenizer.text_len) == (module.config.text_vocab_size,
+                                                                    module.config.text_len)
+    assert torch.equal(module.null_tokens, tiny_tokenizer.null_tokens(1))
+    assert torch.equal(null_text_tokens(module.config, 5), tiny_tokenizer.null_tokens(5))
+    # both go through dalle.tokenizer.null_tokens: change it and both change
+    marked = lambda vocab_size, text_len, batch=1, device=None: torch.full((batch, text_len), 7)
+    monkeypatch.setattr(dalle.tokenizer, "null_tokens", marked)
+    assert torch.equal(null_text_tokens(module.config, 2), torch.full((2, module.config.text_len), 7))
+    assert torch.equal(tiny_tokenizer.null_tokens(2), torch.full((2, tiny_tokenizer.text_len), 7))
 
 
 def test_module_applies_caption_dropout_reproducibly():
@@ -258,7 +274,7 @@ def test_persistent_nonfinite_loss_stops_with_a_checkpoint(tmp_path, caplog):
     ckpts = list((tmp_path / "checkpoints").glob("nonfinite-step*.ckpt"))
     assert len(ckpts) == 1
     assert "consecutive non-finite losses" in caplog.text
-    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
     assert state["dalle_train_state"]["nonfinite_total"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
@@ -283,7 +299,7 @@ def test_on_the_fly_tokenises_images_with_the_frozen_vqvae(tmp_path):
     batch = module.on_before_batch_transfer(batch, 0)
     out = module.compute_loss(batch)
     out.loss.backward()
-    assert torch.equal(seen[0], vq.encode(images).flatten(1))
+    assert torch.equal(seen[0], vq.encode(images).flatten(1)[:, :-1])   # the inputs: every code but the last
     assert module.skipped["corrupt"] == 2
     assert not any(k.startswith(("vqvae", "_vqvae")) for k in module.state_dict())
     assert all(p.grad is None for p in module.vqvae(images.device).parameters())

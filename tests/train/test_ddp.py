@@ -59,4 +59,4 @@ def test_two_rank_ddp_trains_on_disjoint_data(tmp_path, tiny_preset, tiny_tokeni
     assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in records)
     assert records[0]["losses"] != records[1]["losses"]          # different data on each rank ...
     assert records[0]["weights"] == records[1]["weights"]        # ... but all-reduced gradients
-    assert torch.load(latest_checkpoint(out), map_location="cpu", weights_only=False)["global_step"] == 4
+    assert torch.load(latest_checkpoint(out), map_location="cpu", weights_only=True)["global_step"] == 4

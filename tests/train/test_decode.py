@@ -15,7 +15,7 @@ from PIL import Image
 from tests.helpers import encode_image, random_image
 from train.data.decode import SampleDecoder, SkipCounter, SkipSample, decode_caption, decode_image
 from train.data.inspect import format_report, inspect_shards
-from train.data.shards import ShardWriter
+from common.shards import ShardWriter
 
 
 def png_header_only(w: int, h: int) -> bytes:
@@ -211,3 +211,21 @@ def test_inspect_without_a_readable_shard_is_an_error(tmp_path, tiny_preset):
     (tmp_path / "b.tar").write_bytes(b"garbage" * 50)
     with pytest.raises(ValueError, match="none of the 2 shard"):
         inspect_shards(tmp_path, tiny_preset.data)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def test_png_whose_pixel_data_ends_early_is_a_truncated_skip(cfg):
+    """Issue 13 item 14: a PNG claiming 9000x9000 px with four rows of data decoded as black."""
+    w = h = 9000
+    rows = b"".join(b"\x00" + bytes([200, 10, 10]) * w for _ in range(4))
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+    assert reason_of(png, cfg) == "truncated_image"
+    for mode, arr in (("RGB", np.zeros((20, 24, 3), np.uint8)), ("L", np.zeros((20, 24), np.uint8)),
+                      ("I;16", np.zeros((20, 24), np.uint16))):
+        whole = io.BytesIO()
+        Image.fromarray(arr).save(whole, format="PNG")
+        assert decode_image(whole.getvalue(), cfg, resolution=16).shape == (3, 16, 16), mode   # complete: kept

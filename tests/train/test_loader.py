@@ -16,8 +16,9 @@ import torch
 
 from tests.helpers import encode_image, random_image
 from train.config import load_preset
-from train.data.loader import ShardDataModule, image_dataset, make_loader
-from train.data.shards import ShardWriter
+from train.data.datamodule import ShardDataModule
+from train.data.loader import image_dataset, make_loader
+from common.shards import ShardWriter
 
 def write_sized_shards(out_dir: Path, sizes: list[int], *, size: int = 20) -> list[Path]:
     """Shards holding ``sizes[i]`` good samples each; keys are unique across shards."""
@@ -47,7 +48,7 @@ def test_batches_follow_the_contract(tiny_preset, image_shards, tiny_tokenizer):
     batches = list(make_loader(image_dataset(shards[0].parent, cfg, batch_size=4, tokenizer=tiny_tokenizer), 0))
     assert len(batches) == 2                                    # 10 // 4, the partial batch dropped in training
     b = batches[0]
-    assert set(b) == {"images", "captions", "keys", "skipped", "text_tokens"}
+    assert set(b) == {"images", "captions", "keys", "skipped", "text_tokens", "position"}
     assert b["images"].shape == (4, 3, cfg.resolution, cfg.resolution) and b["images"].dtype == torch.float32
     assert b["text_tokens"].shape == (4, tiny_preset.dalle.text_len) and b["text_tokens"].dtype == torch.long
     assert len(b["captions"]) == len(b["keys"]) == 4 and b["skipped"] == {}
@@ -181,3 +182,23 @@ def test_datamodule_with_a_real_trainer(tmp_path, tiny_preset):
     assert (dm.rank, dm.world_size) == (0, 1)
     assert model.seen == 2 * 12 and model.skipped == {"empty_image": 2}   # 3 batches per epoch, 2 epochs
     assert len(shards) == 2
+
+
+def test_rank_share_imbalance_is_warned_with_the_repeat_count(tmp_path, tiny_preset, caplog):
+    """Issue 13 item 8: 23 samples next to 1,200 would repeat silently up to 27 times."""
+    from tests.helpers import write_image_shards
+    from train.data.loader import image_dataset
+
+    small = write_image_shards(tmp_path / "a", 3, size=16)
+    big = write_image_shards(tmp_path / "b", 24, size=16, key_prefix="b")
+    with caplog.at_level("WARNING"):
+        image_dataset([small[0], big[0]], tiny_preset.data, batch_size=2, rank=0, world_size=2)
+    assert "differ by more than 2x" in caplog.text
+    # 27 samples // (2 ranks x 2) = 6 batches = 12 samples per rank; the 3-sample rank repeats each 4 times
+    assert "rank 0 reads 3 sample(s)" in caplog.text or "rank 1 reads 3 sample(s)" in caplog.text
+    assert "repeats up to 4 times" in caplog.text
+    caplog.clear()
+    even = write_image_shards(tmp_path / "c", 20, size=16, key_prefix="c")
+    with caplog.at_level("WARNING"):
+        image_dataset([even[0], big[0]], tiny_preset.data, batch_size=2, rank=0, world_size=2)
+    assert "differ by more than 2x" not in caplog.text

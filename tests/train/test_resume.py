@@ -89,7 +89,7 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_losses(tmp_path):
 def test_resume_with_another_tokenizer_is_refused(tmp_path):
     run(tmp_path, max_steps=STEPS_PER_EPOCH)
     ckpt = latest_checkpoint(tmp_path)
-    assert torch.load(ckpt, map_location="cpu", weights_only=False)["tokenizer_sha256"] == "a" * 64
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["tokenizer_sha256"] == "a" * 64
     with pytest.raises(ValueError, match="tokenizer sha256"):
         run(tmp_path, ckpt=ckpt, sha="b" * 64)
 
@@ -139,7 +139,7 @@ def test_fit_dalle_writes_a_bundle_and_resumes_by_itself(tmp_path, tiny_preset, 
     assert sorted(first.losses) == list(range(6))
     bundle = load_bundle(path)
     assert bundle.meta["global_step"] == 6 and bundle.tokenizer.sha256 == tiny_tokenizer.sha256
-    ckpt = torch.load(latest_checkpoint(out), map_location="cpu", weights_only=False)
+    ckpt = torch.load(latest_checkpoint(out), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6                     # the final steps are saved, not only every 4
     for k, v in bundle.model.state_dict().items():
         torch.testing.assert_close(v, ckpt["state_dict"][f"model.{k}"])
@@ -157,3 +157,60 @@ def test_fit_dalle_writes_a_bundle_and_resumes_by_itself(tmp_path, tiny_preset, 
     with pytest.raises(ValueError, match="tokenizer sha256"):
         fit_dalle(preset_with(12), out, tokenizer_path=other, vqvae_dir=vqvae_dir, token_shards=shards,
                   enable_progress_bar=False, accelerator="cpu")
+
+
+class StartWeights(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+
+def test_init_from_a_bundle_starts_a_new_run_from_its_weights(tmp_path, tiny_preset, tiny_tokenizer, vqvae_dir):
+    """Issue 11: ``dalle train --init-from BUNDLE`` (fine-tuning, or the run directory is gone)."""
+    from dalle.bundle import load_bundle
+    from train.dalle_fit import fit_dalle
+
+    shards = write_token_shards(tmp_path / "tokens", tiny_preset, n_shards=2, per_shard=16)
+    preset = load_preset("tiny", ["dalle_train.max_steps=3", "dalle_train.ckpt_every=3"])
+    kw = dict(tokenizer_path=tiny_tokenizer.path, vqvae_dir=vqvae_dir, token_shards=shards,
+              enable_progress_bar=False, accelerator="cpu")
+    bundle = fit_dalle(preset, tmp_path / "first", **kw)
+    start = StartWeights()
+    fit_dalle(preset, tmp_path / "second", init_from=bundle, callbacks=[start], **kw)
+    trained = load_bundle(bundle).model.state_dict()
+    assert set(start.state) == set(trained)
+    for k, v in trained.items():
+        torch.testing.assert_close(start.state[k], v)                  # started from the bundle ...
+    fresh = StartWeights()
+    fit_dalle(preset, tmp_path / "third", callbacks=[fresh], **kw)
+    assert any(not torch.equal(fresh.state[k], v) for k, v in trained.items())   # ... not from a new init
+    second = torch.load(latest_checkpoint(tmp_path / "second"), map_location="cpu", weights_only=True)
+    assert second["global_step"] == 3                                  # a new run: its own step count
+
+    # a run checkpoint (the older format too) works as a start point; another tokenizer does not
+    fit_dalle(preset, tmp_path / "fourth", init_from=latest_checkpoint(tmp_path / "first"), **kw)
+    from train.text_tokenizer import train_tokenizer
+    other = train_tokenizer(["a completely different corpus of words"] * 20, tiny_preset.dalle.text_vocab_size,
+                            tmp_path / "other_tokenizer.json")
+    with pytest.raises(ValueError, match="tokenizer"):
+        fit_dalle(preset, tmp_path / "fifth", init_from=bundle, **{**kw, "tokenizer_path": other})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fit_dalle_killed_mid_epoch_resumes_with_the_same_batches(tmp_path, tiny_preset, tiny_tokenizer, workers):
+    """Issue 13 item 3: the resumed run saw step 0's batch again; now it matches step for step."""
+    from train.dalle_fit import fit_dalle
+
+    shards = write_token_shards(tmp_path / "tokens", tiny_preset, n_shards=3, per_shard=14)
+    preset = load_preset("tiny", ["dalle_train.max_steps=10", "dalle_train.ckpt_every=3",
+                                  "dalle_train.caption_dropout=0.3", f"data.num_workers={workers}"])
+    kw = dict(tokenizer_path=tiny_tokenizer.path, token_shards=shards, enable_progress_bar=False,
+              accelerator="cpu", enable_model_summary=False)
+    full = Recorder()
+    fit_dalle(preset, tmp_path / "full", callbacks=[full], **kw)
+    with pytest.raises(Killed):
+        fit_dalle(preset, tmp_path / "killed", callbacks=[Recorder(kill_at=5)], **kw)   # ckpt at 3, mid-epoch
+    resumed = Recorder()
+    fit_dalle(preset, tmp_path / "killed", callbacks=[resumed], **kw)
+    assert sorted(resumed.losses) == list(range(3, 10))
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(full.losses[step], rel=1e-6, abs=1e-7), step

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from train.data.shards import ShardWriter, count_samples, expand_sources
+from common.shards import ShardWriter, count_samples, expand_sources
 
 
 def read_samples(paths) -> list[dict]:

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from tests.helpers import random_caption
 from dalle.tokenizer import EOT, TextTokenizer
 from train.data.decode import SkipCounter
-from train.data.shards import ShardWriter
+from common.shards import ShardWriter
 from train.text_tokenizer import captions_from_shards, train_tokenizer
 
 
@@ -41,9 +41,12 @@ def test_training_text_is_normalised(tmp_path):
     assert _has_upper(train_tokenizer(upper, 120, tmp_path / "c.json", lowercase=False))
 
 
-def test_full_byte_alphabet_encodes_anything(tmp_path):
-    path = train_tokenizer(captions(), 300, tmp_path / "t.json")
-    tok = TextTokenizer(path, text_len=64, vocab_size=300)
+@pytest.mark.parametrize("spell,vocab", [(False, 300), (True, 400)])
+def test_full_byte_alphabet_encodes_anything(tmp_path, spell, vocab):
+    """With more than 256 BPE entries beside the special tokens every byte is in the vocabulary."""
+    path = train_tokenizer(captions(), vocab, tmp_path / "t.json", spell=spell)
+    tok = TextTokenizer(path, text_len=64, vocab_size=vocab)
+    assert tok.spells == spell
     text = "ünïcödé ☃ 🎨 日本語 quick"
     assert tok.decode(tok.encode([text])[0]) == text
 
@@ -62,6 +65,18 @@ def test_captions_from_shards(tmp_path, tiny_preset, image_shards):
         w.write("upper", {"png": b"x", "txt": "  An UPPER   case caption "})
     counter = SkipCounter()
     got = list(captions_from_shards(tmp_path / "shards", tiny_preset.data, counter=counter))
-    assert len(got) == 7 and got[-1] == "an upper case caption"
+    assert len(got) == 7 and got[-1] == "An UPPER case caption"     # case kept: the tokenizer lowercases
     assert counter.drain() == {"no_image": 1, "bad_caption_encoding": 1}
     assert len(list(captions_from_shards(shards, tiny_preset.data, limit=4))) == 4
+
+
+def test_spelling_tokenizer_learns_no_merges_of_the_words_it_spells(tmp_path):
+    caps = [f"a sign that says {w}" for w in ("JAZZBAR", "ZOOKEEPER", "QUIXOTIC")] * 30 + captions()
+    path = train_tokenizer(caps, 200, tmp_path / "t.json", spell=True)
+    tok = Tokenizer.from_file(str(path))
+    pieces = {tok.id_to_token(i).lower() for i in range(tok.get_vocab_size())}
+    assert not {"jazz", "zoo", "quix", "keeper"} & pieces
+    assert "<|spell|>" in pieces and "<|c:q|>" in pieces
+    too_small = 70
+    with pytest.raises(ValueError, match="vocab_size must be at least"):
+        train_tokenizer(caps, too_small, tmp_path / "small.json", spell=True)

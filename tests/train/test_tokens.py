@@ -9,7 +9,7 @@ import webdataset as wds
 from tests.helpers import encode_image, random_image
 from train.data.decode import SampleDecoder, SkipCounter, to_float
 from train.data.loader import make_loader
-from train.data.shards import ShardWriter, expand_sources
+from common.shards import ShardWriter, expand_sources
 from train.data.tokens import (TokenShardWriter, codes_from_bytes, codes_to_bytes, iter_token_shards,
                                precompute_tokens, token_dataset)
 
@@ -81,7 +81,7 @@ def test_token_loader_batches_and_skips(tmp_path, tiny_preset, tiny_tokenizer):
                            tokenizer=tiny_tokenizer, image_grid=grid)
     batches = list(make_loader(stream, 0))
     b = batches[0]
-    assert set(b) == {"image_tokens", "captions", "keys", "skipped", "text_tokens"}
+    assert set(b) == {"image_tokens", "captions", "keys", "skipped", "text_tokens", "position"}
     assert b["image_tokens"].shape == (4, grid * grid) and b["image_tokens"].dtype == torch.long
     assert b["text_tokens"].shape == (4, tiny_preset.dalle.text_len)
     assert sum(len(x["keys"]) for x in batches) == 10
@@ -109,3 +109,90 @@ def test_token_loader_equal_batches_per_rank(tmp_path, tiny_preset):
         lens.append((len(stream), len(batches)))
         keys.append({k for b in batches for k in b["keys"]})
     assert lens == [(5, 5), (5, 5)] and not keys[0] & keys[1]
+
+
+def _raw_tar(path, members: dict[str, bytes]) -> None:
+    """A tar written by hand (member names ShardWriter would refuse)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_precompute_skips_and_counts_keys_that_are_paths(tmp_path, tiny_preset):
+    """Issue 13 item 13: a key with '/' (absolute, '../' or 'sub/dir/key') used to abort the run."""
+    png = encode_image(random_image(np.random.default_rng(0), 16), "png")
+    members = {}
+    for key in ("good0", "/abs/key", "../up", "sub/dir/key", "good1"):
+        members[f"{key}.png"], members[f"{key}.txt"] = png, b"a red circle"
+    (tmp_path / "img").mkdir()
+    _raw_tar(tmp_path / "img" / "00000.tar", members)
+    stats = precompute_tokens(tmp_path / "img", tmp_path / "tok", patch_quantiser(4, 32), tiny_preset.data,
+                              batch_size=2, shard_size=10)
+    assert stats.samples == 2 and stats.skipped.get("bad_key") == 3, stats
+    assert sorted(t.key for t in iter_token_shards(tmp_path / "tok", tiny_preset.data)) == ["good0", "good1"]
+
+
+def test_precompute_on_a_full_disk_leaves_no_temporary_shard(tmp_path, tiny_preset, image_shards, monkeypatch):
+    import errno
+    import os
+
+    import common.shards as S
+
+    shards = image_shards(12, per_shard=12)
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        """A file that takes 4 KB, then fails like a full disk (every later write too)."""
+
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(S.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space"):
+        precompute_tokens(shards, tmp_path / "tok", patch_quantiser(4, 32), tiny_preset.data,
+                          batch_size=4, shard_size=100)
+    assert list((tmp_path / "tok").iterdir()) == []          # no .shard-*.tar.tmp left behind
+
+
+def test_hidden_members_are_counted_not_dropped_silently(tmp_path, tiny_preset):
+    """Issue 13 item 14: '._x.jpg' (AppleDouble) and '.hidden.jpg' members vanished uncounted."""
+    from train.data.inspect import inspect_shards
+    from train.data.loader import image_dataset
+
+    png = encode_image(random_image(np.random.default_rng(0), 16), "png")
+    (tmp_path / "img").mkdir()
+    _raw_tar(tmp_path / "img" / "00000.tar", {"k1.png": png, "k1.txt": b"a red circle", "._k1.png": b"\0\5\26\7",
+                                              ".hidden.jpg": png, "sub/._k2.png": b"x",
+                                              "k2.png": png, "k2.txt": b"a blue square"})
+    report = inspect_shards(tmp_path / "img", tiny_preset.data)
+    assert report.usable == 2 and report.skipped == {"hidden_member": 3}
+    batch = next(iter(make_loader(image_dataset(tmp_path / "img", tiny_preset.data, batch_size=2,
+                                                train=False), 0)))
+    assert batch["skipped"] == {"hidden_member": 3} and sorted(batch["keys"]) == ["k1", "k2"]
+
+
+def test_inspect_reads_token_shards_as_token_shards(tmp_path, tiny_preset):
+    """Issue 13 item 15: ``dalle data inspect`` on token shards said "0 usable"."""
+    from train.data.inspect import format_report, inspect_shards
+
+    with TokenShardWriter(tmp_path / "tok") as w:
+        for i in range(5):
+            w.write_tokens(f"k{i}", np.full((4, 4), i), "a red circle")
+        w.write("nocodes", {"txt": "a caption without codes"})
+    report = inspect_shards(tmp_path / "tok", tiny_preset.data)
+    assert report.usable == 5 and report.token_samples == 5 and report.skipped == {"no_image": 1}
+    assert "5 usable" in format_report(report) and "5 of them token samples" in format_report(report)

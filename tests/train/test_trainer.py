@@ -21,7 +21,7 @@ def test_atomic_checkpoint_never_leaves_half_a_file(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         io.save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
-    assert os.listdir(path.parent) == ["last.ckpt"]   # no temporary file left behind
+    assert sorted(os.listdir(path.parent)) == ["last.ckpt", "last.ckpt.sha256"]   # no temporary file left behind
 
 
 def test_atomic_checkpoint_has_normal_file_permissions(tmp_path):
@@ -30,14 +30,19 @@ def test_atomic_checkpoint_has_normal_file_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == default_mode()   # not mkstemp's 0600
 
 
-def test_latest_checkpoint_prefers_last(tmp_path):
+def test_latest_checkpoint_is_the_newest_intact_one_by_recorded_step(tmp_path):
+    """Issue 13 item 1: a moved or copied run (last.ckpt at step 20 next to Lightning's
+    last-v1.ckpt at step 60 and a periodic step file at 100) resumes at step 100, not 20."""
     assert latest_checkpoint(tmp_path) is None
     d = tmp_path / "checkpoints"
-    d.mkdir()
-    (d / "step00000010.ckpt").write_bytes(b"x")
-    assert latest_checkpoint(tmp_path).name == "step00000010.ckpt"
-    (d / "last.ckpt").write_bytes(b"x")
-    assert latest_checkpoint(tmp_path).name == "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 20, "state_dict": {}}, d / "last.ckpt")
+    torch.save({"global_step": 60, "state_dict": {}}, d / "last-v1.ckpt")      # older code: no record
+    assert latest_checkpoint(tmp_path).name == "last-v1.ckpt"
+    io.save_checkpoint({"global_step": 100, "state_dict": {}}, d / "step00000100.ckpt")
+    assert latest_checkpoint(tmp_path).name == "step00000100.ckpt"
+    os.utime(d / "last.ckpt")                                                 # newest mtime means nothing
+    assert latest_checkpoint(tmp_path).name == "step00000100.ckpt"
 
 
 def test_cpu_trainer_resolution(tmp_path):

@@ -92,7 +92,7 @@ def test_save_from_checkpoint_round_trip_without_pickle(tiny_cfg, tmp_path):
 
 
 def test_from_checkpoint_errors(tiny_cfg, tmp_path):
-    with pytest.raises(ValueError, match="not a dVAE checkpoint"):
+    with pytest.raises(ValueError, match="not an image tokenizer checkpoint"):
         DiscreteVAE.from_checkpoint(tmp_path)
     _model(tiny_cfg).save(tmp_path)
     bigger = dict(tiny_cfg.to_dict(), vocab_size=64)

@@ -2,7 +2,10 @@
 
 The report says how many samples training would use and why the others are
 skipped, per reason, with the same :class:`~train.data.decode.SampleDecoder`
-the loader uses (centre crop, no shuffling, one process).
+the loader uses (centre crop, no shuffling, one process). Token shards (samples
+with ``codes.npy``, from ``dalle tokens``) are read as token shards, with the
+transformer loader's :class:`~train.data.tokens.TokenDecoder`. Hidden members
+(``._x.jpg``) are counted as ``hidden_member``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import webdataset as wds
 
 from train.config import DataConfig
 from train.data.decode import SampleDecoder, SkipCounter
-from train.data.shards import expand_sources
+from common.shards import expand_sources
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ class InspectReport:
     shards: int = 0                       # shards named by the sources
     opened: int = 0                       # shards that could be opened and read from
     usable: int = 0                       # samples training would use
+    token_samples: int = 0                # of those, token samples (codes.npy) rather than images
     skipped: dict[str, int] = field(default_factory=dict)   # reason -> samples skipped
     bad_shards: list[str] = field(default_factory=list)     # "url: error" of unreadable shards
     seconds: float = 0.0
@@ -34,7 +38,7 @@ class InspectReport:
     @property
     def total(self) -> int:
         """Samples seen (usable + skipped, shard-level errors excluded)."""
-        return self.usable + sum(v for k, v in self.skipped.items() if k != "shard_error")
+        return self.usable + sum(v for k, v in self.skipped.items() if k not in ("shard_error", "hidden_member"))
 
 
 class _ShardErrors:
@@ -62,16 +66,23 @@ def inspect_shards(sources: Any, data_cfg: DataConfig, *, limit: int | None = No
     """
     start = time.time()
     urls = expand_sources(sources)
+    from train.data.loader import MemberFilter
+    from train.data.tokens import CODES_EXT, TokenDecoder
+
     counter = SkipCounter()
     decode = SampleDecoder(data_cfg, counter, train=False)
+    decode_tokens = TokenDecoder(data_cfg, counter)
     report = InspectReport(shards=len(urls))
     for url in urls:
         handler = _ShardErrors()
         seen = 0
-        for sample in wds.tarfile_samples(iter([{"url": url}]), handler=handler):
+        for sample in wds.tarfile_samples(iter([{"url": url}]), handler=handler,
+                                          select_files=MemberFilter(counter)):
             seen += 1
-            if decode(sample) is not None:
+            tokens = CODES_EXT in sample
+            if (decode_tokens if tokens else decode)(sample) is not None:
                 report.usable += 1
+                report.token_samples += int(tokens)
             if limit is not None and report.usable + counter.total >= limit:
                 break
         if handler.errors:
@@ -93,7 +104,8 @@ def format_report(report: InspectReport) -> str:
     """Human-readable lines for the CLI."""
     lines = [f"shards: {report.opened}/{report.shards} readable",
              f"samples: {report.total} seen, {report.usable} usable "
-             f"({100.0 * report.usable / max(report.total, 1):.1f}%)"]
+             f"({100.0 * report.usable / max(report.total, 1):.1f}%)"
+             + (f", {report.token_samples} of them token samples" if report.token_samples else "")]
     if report.skipped:
         lines.append("skipped:")
         width = max(len(k) for k in report.skipped)

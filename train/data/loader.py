@@ -1,7 +1,8 @@
 """Webdataset pipelines for training: shards -> shuffled, decoded, batched dicts.
 
 One :class:`ShardStream` serves image shards (here) and token shards
-(``train/data/tokens.py``). Per DataLoader worker it runs
+(``train/data/tokens.py``, which builds on this module; the DataModule over
+both is in ``train/data/datamodule.py``). Per DataLoader worker it runs
 ``tar reading -> shuffle buffer (raw bytes) -> decode (skips counted) -> batch``.
 
 Splitting and epochs:
@@ -22,8 +23,18 @@ Splitting and epochs:
 
 Batches (from :class:`ShardLoader`) are dicts: "images" (B, 3, R, R) float in
 [0, 1] (uint8 inside the stream, converted in the main process), "captions", "keys", "skipped"
-(reason -> samples skipped by that worker since its previous batch) and,
-with a tokenizer, "text_tokens" (B, text_len).
+(reason -> samples skipped by that worker since its previous batch), "position"
+(where the batch ends in its worker's stream, see below) and, with a tokenizer,
+"text_tokens" (B, text_len).
+
+Exact resume: a worker's stream is a pure function of ``(seed, epoch, rank,
+worker)``; random crops are seeded per sample key. A batch's "position" is
+``(epoch, worker, raw samples read, batches yielded, end)``; the
+:class:`ResumeState` callback hands the positions of the batches actually
+trained on to :class:`ShardLoader`, whose ``state_dict`` (every rank's, gathered)
+Lightning stores in each checkpoint. On resume each worker re-reads its first
+raw samples without decoding them and goes on from there, so the resumed run
+sees the batches the uninterrupted one would have seen, in the same order.
 """
 from __future__ import annotations
 
@@ -42,11 +53,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
 from train.data.decode import SampleDecoder, SkipCounter, to_float
-from train.data.shards import count_samples, expand_sources
+from common.shards import count_samples, expand_sources
 
 log = logging.getLogger(__name__)
 
-DecoderFactory = Callable[..., Callable[[dict], Any]]   # (counter, rng=...) -> sample -> item | None
+DecoderFactory = Callable[..., Callable[[dict], Any]]   # (counter, rng=, sample_seed=) -> sample -> item | None
 Collate = Callable[[list, dict], dict]                  # (items, skipped) -> batch
 
 
@@ -73,12 +84,33 @@ class _CountingHandler:
         return True
 
 
+class MemberFilter:
+    """webdataset ``select_files``: hidden members (``._x.jpg`` AppleDouble forks, ``.hidden.jpg``)
+    are no samples; webdataset would drop them silently, here they are counted as ``hidden_member``."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, fname: str) -> bool:
+        if os.path.basename(fname).startswith("."):
+            self.counter.add("hidden_member")
+            return False
+        return True
+
+
+def read_samples(urls: list[str], counter: SkipCounter) -> Iterator[dict]:
+    """Raw samples of ``urls`` in order, unreadable shards and hidden members counted in ``counter``."""
+    return wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter),
+                               select_files=MemberFilter(counter))
+
+
 class ShardStream(IterableDataset):
     """Batches from webdataset shards; see the module docstring for splitting and epochs.
 
     Args:
         urls: expanded shard URLs.
-        decoder_factory: ``factory(counter, rng=rng)`` -> callable mapping a raw sample to an item or None.
+        decoder_factory: ``factory(counter, rng=rng, sample_seed=...)`` -> callable mapping a raw sample
+            to an item or None (random choices seeded per sample from ``sample_seed`` and its key).
         collate: ``collate(items, skipped)`` -> batch dict.
         batch_size: samples per batch.
         train: shuffle shards and samples, drop the last partial batch.
@@ -109,6 +141,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.batches_per_rank = batches_per_rank
         self.epoch = 0
+        self.resume: dict | None = None     # set by ShardLoader for the first iter() after a resume
         self._check_readers(max(1, num_workers))
 
     def _check_readers(self, n_workers: int) -> None:
@@ -150,40 +183,60 @@ class ShardStream(IterableDataset):
 
     # -- iteration ----------------------------------------------------------
     def _items(self, worker: int, n_workers: int, counter: SkipCounter,
-               rng: random.Random) -> Iterator[Any]:
-        decode = self.decoder_factory(counter, rng=rng)
+               rng: random.Random, skip_raw: int = 0) -> Iterator[tuple[Any, int]]:
+        """``(item, raw samples read so far)``; the first ``skip_raw`` raw samples are read, not decoded."""
+        decode = self.decoder_factory(counter, rng=random.Random(0),
+                                      sample_seed=f"{self.seed}-{self.epoch}-{self.rank}")
         handler = _CountingHandler(counter)
         usable = 0
+        n_raw = 0
         for urls in self._passes(worker, n_workers):
-            raw = wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=handler)
+            raw = wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=handler,
+                                      select_files=MemberFilter(counter))
             if self.train and self.shuffle_buffer > 1:
                 raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer,
                                            initial=min(100, self.shuffle_buffer), rng=rng)
             for sample in raw:
+                n_raw += 1
+                if n_raw <= skip_raw:              # resuming: already trained on (or skipped) before
+                    usable += 1
+                    continue
                 item = decode(sample)
                 if item is not None:
                     usable += 1
-                    yield item
+                    yield item, n_raw
             if usable == 0:
                 raise ValueError(f"rank {self.rank} worker {worker}: no usable sample in "
                                  f"{len(urls)} shard(s) (skipped: {dict(counter.counts)})")
 
-    def _batches(self, items: Iterable[Any], counter: SkipCounter) -> Iterator[dict]:
+    def _batches(self, items: Iterable[tuple[Any, int]], counter: SkipCounter, worker: int = 0,
+                 done: int = 0) -> Iterator[dict]:
         """Full batches; each is held until the next usable item (or the end) so that skips
-        after the last batch of a stream are still reported with it."""
+        after the last batch of a stream are still reported with it. ``done``: batches this
+        worker yielded before a resume."""
         ready: list | None = None
         buf: list = []
-        for item in items:
+        n_raw = 0
+
+        def out(items: list, skipped: dict, end: bool) -> dict:
+            nonlocal done
+            done += 1
+            batch = self.collate(items, skipped)
+            batch["position"] = {"epoch": self.epoch, "worker": worker, "raw": n_raw, "batches": done,
+                                 "end": end}
+            return batch
+
+        for item, n_raw in items:
             if ready is not None:
-                yield self.collate(ready, counter.drain())
+                yield out(ready, counter.drain(), False)
                 ready = None
             buf.append(item)
             if len(buf) == self.batch_size:
                 ready, buf = buf, []
         if ready is not None:
-            yield self.collate(ready, {} if buf and not self.train else counter.drain())
+            yield out(ready, {} if buf and not self.train else counter.drain(), not (buf and not self.train))
         if buf and not self.train:
-            yield self.collate(buf, counter.drain())
+            yield out(buf, counter.drain(), True)
 
     def worker_quota(self, worker: int, n_workers: int) -> int | None:
         """Batches worker ``worker`` yields this epoch (None: until its data ends)."""
@@ -196,11 +249,22 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self._check_readers(n_workers)
+        resume = self.resume or {}
+        # after a resume, DataLoader worker 0 plays the worker whose batch comes next
+        worker = (worker + int(resume.get("offset", 0))) % n_workers
+        return self._iterate(worker, n_workers, (resume.get("workers") or {}).get(str(worker)))
+
+    def _iterate(self, worker: int, n_workers: int, state: dict | None) -> Iterator[dict]:
         counter = SkipCounter()
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{self.rank}-{worker}")
-        batches = self._batches(self._items(worker, n_workers, counter, rng), counter)
+        done = int(state["batches"]) if state else 0
         quota = self.worker_quota(worker, n_workers)
-        yield from (batches if quota is None else islice(batches, quota))
+        if state and (state["end"] or (quota is not None and done >= quota)):
+            return
+        # the raw sample that released the last batch trained on is the first of the next one
+        skip_raw = max(0, int(state["raw"]) - 1) if state else 0
+        batches = self._batches(self._items(worker, n_workers, counter, rng, skip_raw), counter, worker, done)
+        yield from (batches if quota is None else islice(batches, quota - done))
 
 
 class ShardLoader(DataLoader):
@@ -212,14 +276,85 @@ class ShardLoader(DataLoader):
     """
 
     def __init__(self, stream: ShardStream, num_workers: int = 0, **kwargs: Any):
+        # its own generator: starting an iterator must not draw from the global RNG (exact resume)
+        kwargs.setdefault("generator", torch.Generator().manual_seed(stream.seed))
         super().__init__(stream, batch_size=None, num_workers=num_workers,
                          persistent_workers=False, **kwargs)
         self._next_epoch = 0
+        self._consumed: dict[str, Any] = {"epoch": 0, "last_worker": -1, "workers": {}}
+        self._resume: dict[str, Any] | None = None
 
     def __iter__(self):
-        self.dataset.set_epoch(self._next_epoch)
-        self._next_epoch += 1
-        return _float_images(super().__iter__())
+        stream: ShardStream = self.dataset
+        resume, self._resume = self._resume, None
+        epoch = self._next_epoch
+        stream.resume = None
+        if resume is not None:
+            epoch = resume["epoch"]
+            stream.resume = {"offset": (resume["last_worker"] + 1) % max(1, self.num_workers),
+                             "workers": resume["workers"]}
+        stream.set_epoch(epoch)
+        self._consumed = resume or {"epoch": epoch, "last_worker": -1, "workers": {}}
+        self._next_epoch = epoch + 1
+        it = super().__iter__()          # workers (or the in-process iterator) capture stream.resume here
+        stream.resume = None
+        return _float_images(it)
+
+    # ---- exact resume -----------------------------------------------------------------
+    def consumed(self, position: dict) -> None:
+        """Record that the batch at ``position`` (a batch's "position") was trained on."""
+        if int(position["epoch"]) != self._consumed["epoch"]:
+            self._consumed = {"epoch": int(position["epoch"]), "last_worker": -1, "workers": {}}
+        self._consumed["last_worker"] = int(position["worker"])
+        self._consumed["workers"][str(int(position["worker"]))] = {
+            "raw": int(position["raw"]), "batches": int(position["batches"]), "end": bool(position["end"])}
+
+    def _epoch_finished(self, state: dict) -> bool:
+        n = max(1, self.num_workers)
+        for w in range(n):
+            st = state["workers"].get(str(w))
+            quota = self.dataset.worker_quota(w, n)
+            if st is None:
+                if quota != 0:
+                    return False
+            elif not (st["end"] or (quota is not None and st["batches"] >= quota)):
+                return False
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's data position (gathered: only rank 0 writes the checkpoint)."""
+        mine = {**self._consumed, "n_workers": max(1, self.num_workers)}
+        ranks = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        return {"version": 1, "world_size": self.dataset.world_size, "ranks": ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from this rank's saved position at the next ``iter()``."""
+        stream: ShardStream = self.dataset
+        ranks = state.get("ranks") or []
+        if state.get("world_size") != stream.world_size or len(ranks) != stream.world_size:
+            log.warning("data position not restored: saved with %s rank(s), resumed with %d; "
+                        "epoch %s restarts from its beginning", state.get("world_size"), stream.world_size,
+                        ranks[0]["epoch"] if ranks else "?")
+            if ranks:
+                self._next_epoch = int(ranks[0]["epoch"])
+            return
+        mine = ranks[stream.rank]
+        if int(mine.get("n_workers", 1)) != max(1, self.num_workers):
+            log.warning("data position not restored: saved with %s worker(s), resumed with %d; "
+                        "epoch %d restarts from its beginning", mine.get("n_workers"),
+                        max(1, self.num_workers), int(mine["epoch"]))
+            self._next_epoch = int(mine["epoch"])
+            return
+        state_r = {"epoch": int(mine["epoch"]), "last_worker": int(mine["last_worker"]),
+                   "workers": {str(k): dict(v) for k, v in mine["workers"].items()}}
+        if self._epoch_finished(state_r):
+            self._next_epoch = state_r["epoch"] + 1
+        else:
+            self._resume = state_r
 
 
 def _float_images(batches: Iterator[dict]) -> Iterator[dict]:
@@ -227,6 +362,78 @@ def _float_images(batches: Iterator[dict]) -> Iterator[dict]:
         if "images" in batch:
             batch["images"] = to_float(batch["images"])        # (B, 3, R, R) float in [0, 1]
         yield batch
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG streams of this process (torch CPU and CUDA, numpy, Python)."""
+    import numpy as np
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    torch.set_rng_state(state["torch"])
+    version, keys, *rest = state["python"]
+    random.setstate((version, tuple(keys), *rest))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_shard_loaders(trainer: L.Trainer) -> list["ShardLoader"]:
+    """The :class:`ShardLoader` training loaders of ``trainer`` (none for other loaders)."""
+    loaders = trainer.train_dataloader
+    flat = list(loaders.values()) if isinstance(loaders, dict) else (
+        list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+    return [dl for dl in flat if isinstance(dl, ShardLoader)]
+
+
+class ResumeState(L.Callback):
+    """What an exact resume needs beyond weights and optimizer: data position and RNG streams.
+
+    After every trained batch the loader learns the batch's position (ShardLoader saves
+    it). The global RNG states of every rank are saved with each checkpoint and set
+    again just before the first batch after a resume (after the loader, which draws
+    from the global RNG when it starts, has started).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending is not None:
+            _set_rng_state(self._pending)
+            self._pending = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        position = batch.get("position") if isinstance(batch, dict) else None
+        if position is not None:
+            for loader in train_shard_loaders(trainer):
+                loader.consumed(position)
+
+    def state_dict(self) -> dict[str, Any]:
+        ranks = [_rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, _rng_state())
+        return {"rng": ranks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict.get("rng") or []
+        rank, world = dist_info()
+        if len(ranks) == world:
+            self._pending = ranks[rank]
+        elif ranks:
+            log.warning("RNG streams not restored: saved with %d rank(s), resumed with %d", len(ranks), world)
 
 
 def batches_per_rank(urls: list[str], *, batch_size: int, world_size: int, resampled: bool,
@@ -243,6 +450,32 @@ def batches_per_rank(urls: list[str], *, batch_size: int, world_size: int, resam
     return n
 
 
+def warn_share_imbalance(urls: list[str], *, seed: int, world_size: int, quota: int) -> dict[int, int] | None:
+    """Warn when ranks' shares of the samples (first epoch's shard split) differ by more than 2x.
+
+    A rank whose shards hold fewer samples than its quota repeats them; the warning says how often.
+
+    Returns:
+        Samples per rank, or None when the shards cannot be counted (``pipe:`` / remote).
+    """
+    try:
+        counts = {u: count_samples(u) for u in urls}
+    except (ValueError, OSError):
+        return None
+    order = list(urls)
+    random.Random(f"shards-{seed}-0").shuffle(order)            # ShardStream.rank_shards, epoch 0
+    shares = {r: sum(counts[u] for u in order[r::world_size]) for r in range(world_size)}
+    low, high = min(shares.values()), max(shares.values())
+    if high > 2 * max(low, 1):
+        worst = min(shares, key=shares.get)
+        repeats = -(-quota // max(low, 1))
+        log.warning("ranks' shares of the data differ by more than 2x (%s samples per rank): rank %d reads "
+                    "%d sample(s) for a quota of %d per epoch, so each repeats up to %d times; write shards of "
+                    "similar size or set data.resampled=true",
+                    "/".join(str(shares[r]) for r in range(world_size)), worst, low, quota, repeats)
+    return shares
+
+
 def build_stream(sources: Any, data_cfg: DataConfig, *, decoder_factory: DecoderFactory,
                  collate: Collate, batch_size: int, train: bool, resampled: bool | None, seed: int,
                  epoch_samples: int | None, rank: int | None, world_size: int | None) -> ShardStream:
@@ -252,6 +485,8 @@ def build_stream(sources: Any, data_cfg: DataConfig, *, decoder_factory: Decoder
     resampled = data_cfg.resampled if resampled is None else resampled
     n = batches_per_rank(urls, batch_size=batch_size, world_size=world_size,
                          resampled=resampled, epoch_samples=epoch_samples)
+    if train and n is not None and not resampled and world_size > 1 and rank == 0:
+        warn_share_imbalance(urls, seed=seed, world_size=world_size, quota=n * batch_size)
     return ShardStream(urls, decoder_factory=decoder_factory, collate=collate, batch_size=batch_size,
                        train=train, resampled=resampled, seed=seed,
                        shuffle_buffer=data_cfg.shuffle_buffer if train else 0,
@@ -285,7 +520,7 @@ def image_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train:
     """Image-caption batches from img2dataset shards.
 
     Args:
-        sources: shard sources (see :func:`train.data.shards.expand_sources`).
+        sources: shard sources (see :func:`common.shards.expand_sources`).
         data_cfg: decoding, shuffling and worker settings.
         batch_size: samples per batch.
         train: shuffle, random crop if ``data_cfg.random_crop``, drop the last partial batch.
@@ -306,67 +541,3 @@ def image_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train:
 def make_loader(stream: ShardStream, num_workers: int, **kwargs: Any) -> ShardLoader:
     """The DataLoader for a stream (batching happens in the stream)."""
     return ShardLoader(stream, num_workers=num_workers, **kwargs)
-
-
-class ShardDataModule(L.LightningDataModule):
-    """Train/val loaders over image shards or token shards, split by the trainer's ranks.
-
-    Args:
-        data_cfg: the preset's data section (``train_shards`` / ``val_shards`` used
-            unless sources are given).
-        batch_size: per-rank batch size.
-        kind: ``"images"`` (img2dataset shards) or ``"tokens"`` (precomputed token shards).
-        train_sources, val_sources: override the config's shard lists (e.g. token shards).
-        tokenizer: adds "text_tokens" to every batch.
-        image_grid: expected code grid side for token shards (checked per sample).
-        seed: base seed.
-        epoch_samples, val_samples: samples per epoch over all ranks (see the module docstring).
-    """
-
-    def __init__(self, data_cfg: DataConfig, *, batch_size: int, kind: str = "images",
-                 train_sources: list[str] | None = None, val_sources: list[str] | None = None,
-                 tokenizer: TextTokenizer | None = None, image_grid: int | None = None,
-                 seed: int = 0, epoch_samples: int | None = None, val_samples: int | None = None):
-        super().__init__()
-        if kind not in ("images", "tokens"):
-            raise ValueError(f"kind must be 'images' or 'tokens', got {kind!r}")
-        self.data_cfg = data_cfg
-        self.batch_size = batch_size
-        self.kind = kind
-        self.train_sources = list(train_sources if train_sources is not None else data_cfg.train_shards)
-        self.val_sources = list(val_sources if val_sources is not None else data_cfg.val_shards)
-        self.tokenizer = tokenizer
-        self.image_grid = image_grid
-        self.seed = seed
-        self.epoch_samples = epoch_samples
-        self.val_samples = val_samples
-        self.rank, self.world_size = 0, 1
-
-    def setup(self, stage: str | None = None) -> None:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            self.rank, self.world_size = trainer.global_rank, trainer.world_size
-        else:
-            self.rank, self.world_size = dist_info()
-
-    def _stream(self, sources: list[str], *, train: bool, epoch_samples: int | None) -> ShardStream:
-        kw = dict(batch_size=self.batch_size, train=train, seed=self.seed, epoch_samples=epoch_samples,
-                  tokenizer=self.tokenizer, rank=self.rank, world_size=self.world_size)
-        if not train:
-            kw["resampled"] = False
-        if self.kind == "tokens":
-            from train.data.tokens import token_dataset   # tokens.py builds on this module
-            return token_dataset(sources, self.data_cfg, image_grid=self.image_grid, **kw)
-        return image_dataset(sources, self.data_cfg, **kw)
-
-    def train_dataloader(self) -> ShardLoader:
-        if not self.train_sources:
-            raise ValueError("no training shards: set data.train_shards (or the token shards)")
-        stream = self._stream(self.train_sources, train=True, epoch_samples=self.epoch_samples)
-        return make_loader(stream, self.data_cfg.num_workers)
-
-    def val_dataloader(self) -> ShardLoader | list:
-        if not self.val_sources:
-            return []
-        stream = self._stream(self.val_sources, train=False, epoch_samples=self.val_samples)
-        return make_loader(stream, self.data_cfg.num_workers)

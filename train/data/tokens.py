@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
@@ -34,8 +33,8 @@ from train.data.decode import (
     decode_caption,
     to_float,
 )
-from train.data.loader import BatchCollate, ShardStream, _CountingHandler, build_stream
-from train.data.shards import ShardWriter, expand_sources
+from common.shards import ShardWriter, expand_sources, valid_key
+from train.data.loader import BatchCollate, ShardStream, build_stream, read_samples
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +88,14 @@ class TokenDecoder(SkipCountingDecoder):
     """
 
     def __init__(self, cfg: DataConfig, counter: SkipCounter, *, image_grid: int | None = None,
-                 rng: random.Random | None = None, train: bool = False):
+                 rng: random.Random | None = None, train: bool = False, sample_seed: str | None = None):
         self.cfg = cfg
         self.counter = counter
         self.shape = (image_grid, image_grid) if image_grid else None
 
     def decode(self, sample: dict) -> DecodedTokens:
-        caption = decode_caption(sample.get(CAPTION_EXT), self.cfg.lowercase)
+        caption = decode_caption(sample.get(CAPTION_EXT), lowercase=False)   # case kept: the text tokenizer lowercases
+        # what it does not spell (dalle.tokenizer), so the words to draw reach it as written
         data = sample.get(CODES_EXT)
         if data is None:
             raise SkipSample("no_codes")
@@ -135,7 +135,7 @@ def iter_token_shards(sources: Any, data_cfg: DataConfig, *,
     counter = counter if counter is not None else SkipCounter()
     decode = TokenDecoder(data_cfg, counter)
     urls = expand_sources(sources)
-    for sample in wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter)):
+    for sample in read_samples(urls, counter):
         item = decode(sample)
         if item is not None:
             yield item
@@ -187,6 +187,11 @@ def precompute_tokens(image_sources: Any, out_dir: str | Path,
         if stats.grid is None:
             stats.grid = (int(codes.shape[1]), int(codes.shape[2]))
         for (d, sample), grid in zip(batch, codes):
+            if not valid_key(d.key):            # "/abs", "../x", "sub/dir/key": never a path in our shards
+                counter.add("bad_key")
+                log.warning("skipped sample %r from %s: a key must contain no '/', backslash or '.'",
+                            d.key, sample.get("__url__"))
+                continue
             if writer.has_key(d.key):
                 counter.add("duplicate_key")
                 continue
@@ -198,8 +203,7 @@ def precompute_tokens(image_sources: Any, out_dir: str | Path,
 
     urls = expand_sources(image_sources)
     with TokenShardWriter(out_dir, max_samples=shard_size) as writer:
-        raw = wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter))
-        for sample in raw:
+        for sample in read_samples(urls, counter):
             d = decode(sample)
             if d is not None:
                 batch.append((d, sample))

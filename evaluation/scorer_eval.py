@@ -1,0 +1,197 @@
+"""How good an oracle the reranking scorer is, on real renders: pick the true caption among its hard negatives.
+
+For every sample of a shard source (held-out or validation renders with their ``.json``
+truth) the scorer compares the true caption with the sample's hard negatives
+(:mod:`synth.negatives`: the same scene with one colour / count / shape / relation
+changed, the same sign with one letter changed, another board colour, another word).
+Reported per source: ``accuracy`` (the true caption scores strictly above every one of
+its negatives), the same per kind of negative (true caption above that negative), and
+``batch_top1`` (image -> caption retrieval among the captions of a batch of
+``batch_size`` samples, the usual CLIP figure, easier than the hard negatives).
+
+Run: ``dalle scorer eval SHARDS... --scorer DIR``.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dalle.atomic import atomic_write_text
+from dalle.scorer import ImageTextScorer, ScorerError
+from dalle.tokenizer import TextTokenizer
+from synth.negatives import hard_negatives
+from synth.scenes import render_scene, scene_sample
+from synth.signs import sign_sample
+from train.config import DataConfig
+from train.data.scorer_data import NEG_SLOTS, ScorerCollate, ScorerSample, negatives_rng, scorer_dataset
+
+
+def hard_negative_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, source: Any, *,
+                           max_images: int = 500, batch_size: int = 100, seed: int = 0,
+                           device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Hard-negative accuracy of ``scorer`` on one shard source (see the module docstring).
+
+    Args:
+        scorer: the scorer (on ``device``).
+        tokenizer: the caption tokenizer it was trained with.
+        source: shard paths / patterns of one split.
+        max_images: samples read at most.
+        batch_size: samples per batch (also the pool of ``batch_top1``).
+        seed: the seed of the negatives (same seed, same negatives).
+        device: where the scorer runs.
+    Returns:
+        ``{"n", "n_with_negatives", "accuracy", "per_kind": {kind: accuracy}, "n_per_kind", "batch_top1",
+        "mean_cosine_true", "mean_cosine_negative"}``.
+    """
+    data_cfg = DataConfig(resolution=scorer.config.resolution, num_workers=0, shuffle_buffer=0)
+    stream = scorer_dataset(source, data_cfg, tokenizer=tokenizer, batch_size=batch_size, train=False, seed=seed)
+    report = accuracy_from_batches(scorer, stream, max_images=max_images, device=device)
+    return {**report, "batch_size": batch_size}
+
+
+def render_batches(tokenizer: TextTokenizer, samples: Iterable[tuple[Image.Image, str, dict]], *,
+                   batch_size: int, seed: int = 0) -> Iterator[dict]:
+    """Scorer batches (as the shards give them) of in-memory renders ``(image, caption, truth)``."""
+    collate = ScorerCollate(tokenizer)
+    items: list[ScorerSample] = []
+    for i, (image, caption, truth) in enumerate(samples):
+        key = f"render{i:09d}"
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        negs = hard_negatives(caption, truth, negatives_rng(str(seed), key))[:NEG_SLOTS]
+        items.append(ScorerSample(key=key, caption=caption, image=pixels, negatives=negs))
+        if len(items) == batch_size:
+            yield collate(items, {})
+            items = []
+    if items:
+        yield collate(items, {})
+
+
+def synthetic_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, *, n: int = 200, seed: int = 0,
+                       batch_size: int = 100, device: str | torch.device = "cpu") -> dict[str, dict[str, Any]]:
+    """Hard-negative accuracy on fresh renders of the synthetic generators at the scorer's resolution:
+    ``{"scenes_heldout", "signs_heldout", "scenes_train", "signs_train"}`` (``n`` renders each; held-out
+    scenes use held-out colour-shape pairs, held-out signs the held-out words)."""
+    res = scorer.config.resolution
+    out = {}
+    for kind in ("scenes", "signs"):
+        for split in ("heldout", "train"):
+            rng = np.random.default_rng([seed, 16, ("scenes", "signs").index(kind), ("heldout", "train").index(split)])
+            if kind == "scenes":
+                samples = [(render_scene(d, res), cap, d) for cap, d in
+                           (scene_sample(rng, split=split) for _ in range(n))]
+            else:
+                samples = [sign_sample(rng, res, split=split) for _ in range(n)]
+            batches = render_batches(tokenizer, samples, batch_size=batch_size, seed=seed)
+            out[f"{kind}_{split}"] = {**accuracy_from_batches(scorer, batches, max_images=n, device=device),
+                                      "batch_size": batch_size}
+    return out
+
+
+@torch.inference_mode()
+def accuracy_from_batches(scorer: ImageTextScorer, batches: Iterable[dict], *, max_images: int,
+                          device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The figures of :func:`hard_negative_accuracy` over scorer batches (uint8 images, negatives)."""
+    n = n_neg = wins = 0
+    top1 = top1_n = 0
+    kind_wins: dict[str, int] = defaultdict(int)
+    kind_n: dict[str, int] = defaultdict(int)
+    cos_true: list[float] = []
+    cos_neg: list[float] = []
+    for batch in batches:
+        keep = min(len(batch["keys"]), max_images - n)
+        images = (batch["images"][:keep].float() / 255.0).to(device)               # (b, 3, R, R)
+        text = batch["text_tokens"][:keep].to(device)                              # (b, L)
+        mask = batch["neg_mask"][:keep]                                            # (b, K)
+        img, txt = scorer.encode_images(images), scorer.encode_text(text)          # (b, D)
+        pos = (img * txt).sum(-1).cpu()                                            # (b,)
+        sims = img @ txt.T                                                         # (b, b)
+        if keep > 1:
+            top1 += int((sims.argmax(1).cpu() == torch.arange(keep)).sum())
+            top1_n += keep
+        neg = torch.full(mask.shape, float("-inf"))                                # (b, K)
+        if bool(mask.any()):
+            rows = mask.nonzero()[:, 0].to(device)
+            emb = scorer.encode_text(batch["neg_tokens"][:keep][mask].to(device))  # (N, D)
+            neg[mask] = (img[rows] * emb).sum(-1).cpu()
+        for i in range(keep):
+            slots = [(j, kind) for j, kind in enumerate(batch["neg_kinds"][i]) if mask[i, j]]
+            cos_true.append(float(pos[i]))
+            if not slots:
+                continue
+            n_neg += 1
+            wins += int(bool((pos[i] > neg[i]).all()))
+            for j, kind in slots:
+                kind_n[kind] += 1
+                kind_wins[kind] += int(bool(pos[i] > neg[i, j]))
+                cos_neg.append(float(neg[i, j]))
+        n += keep
+        if n >= max_images:
+            break
+    if n == 0:
+        raise ValueError(f"no usable sample in {source}")
+    return {"n": n, "n_with_negatives": n_neg, "accuracy": wins / n_neg if n_neg else None,
+            "per_kind": {k: kind_wins[k] / kind_n[k] for k in sorted(kind_n)}, "n_per_kind": dict(sorted(kind_n.items())),
+            "batch_top1": top1 / top1_n if top1_n else None,
+            "mean_cosine_true": sum(cos_true) / len(cos_true),
+            "mean_cosine_negative": sum(cos_neg) / len(cos_neg) if cos_neg else None}
+
+
+def evaluate_scorer(scorer_dir: str | Path, sources: Sequence[Any], *, tokenizer_path: str | Path | None = None,
+                    max_images: int = 500, batch_size: int = 100, seed: int = 0, device: str | torch.device = "cpu",
+                    out: str | Path | None = None) -> dict[str, Any]:
+    """Hard-negative accuracy per source of the scorer in ``scorer_dir``.
+
+    Args:
+        scorer_dir: a scorer directory (``dalle scorer train`` writes ``OUT/scorer``).
+        sources: one shard source per entry, each reported on its own (named by its last path part).
+        tokenizer_path: the scorer's tokenizer (default: ``scorer_dir/tokenizer.json``); its sha256
+            must be the one the scorer was trained with.
+        out: write ``scorer_eval.json`` and ``scorer_eval.md`` into this directory.
+    Returns:
+        ``{"scorer": path, "sources": {name: report}}``.
+    Raises:
+        ScorerError: an unreadable scorer, or a tokenizer that is not the scorer's.
+    """
+    scorer = ImageTextScorer.from_checkpoint(scorer_dir, device=device)
+    tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else Path(scorer_dir) / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise ScorerError(f"no tokenizer: {tokenizer_path} does not exist; pass the scorer's tokenizer.json")
+    lowercase = bool(scorer.meta.get("lowercase", True))
+    tokenizer = TextTokenizer(tokenizer_path, scorer.config.text_len, scorer.config.text_vocab_size,
+                              lowercase=lowercase)
+    if tokenizer.sha256 != scorer.tokenizer_sha256:
+        raise ScorerError(f"{tokenizer_path} (sha256 {tokenizer.sha256[:12]}) is not the tokenizer the scorer "
+                          f"was trained with ({str(scorer.tokenizer_sha256)[:12]})")
+    names = [Path(str(s).rstrip("/")).name or str(s) for s in sources]
+    if len(set(names)) != len(names):
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    report = {"scorer": str(scorer_dir), "seed": seed,
+              "sources": {name: hard_negative_accuracy(scorer, tokenizer, src, max_images=max_images,
+                                                       batch_size=batch_size, seed=seed, device=device)
+                          for name, src in zip(names, sources)}}
+    if out is not None:
+        atomic_write_text(Path(out) / "scorer_eval.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(Path(out) / "scorer_eval.md", to_markdown(report))
+    return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """A table: one row per source, accuracy overall and per kind of negative."""
+    kinds = sorted({k for r in report["sources"].values() for k in r["per_kind"]})
+    lines = ["| source | n | hard-negative accuracy | " + " | ".join(kinds) + " | batch top-1 |",
+             "|---|---|---|" + "---|" * len(kinds) + "---|"]
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, r in report["sources"].items():
+        lines.append(f"| {name} | {r['n']} | {fmt(r['accuracy'])} | "
+                     + " | ".join(fmt(r["per_kind"].get(k)) for k in kinds)
+                     + f" | {fmt(r['batch_top1'])} (of {r['batch_size']}) |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The default model's learning curve: held-out loss and eval pass@1 against samples seen.
+
+Reads a transformer run directory: ``logs/metrics.csv`` (``val/loss``, ``val/image_loss`` and
+``val/text_loss`` every ``val_every`` steps) and the checkpoints copied aside during the run
+(``CURVE_DIR/step*.ckpt``), evaluates each checkpoint with a short ``dalle eval``
+(``--n`` samples per prompt of the default suite at one temperature, no guidance sweep),
+and writes ``learning_curve.json`` and ``learning_curve.png`` (two panels).
+
+    PYTHONPATH=. python scripts/learning_curve.py ~/.cache/dalle-runs/v2/dalle \\
+        --curve ~/.cache/dalle-runs/v2/curve --tokenizer ~/.cache/dalle-runs/v2/tokenizer.json \\
+        --vqvae ~/.cache/dalle-runs/v2/vqvae/export --out docs/images
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from dalle.bundle import save_bundle
+from dalle.images import make_grid, save_png_atomic
+from evaluation.report import plot_lines
+from evaluation.run import run_eval
+from train.config import load_preset, with_image_tokenizer
+from train.dalle_fit import model_from_checkpoint
+from vqvae.registry import load_image_tokenizer
+
+
+def val_losses(run_dir: Path) -> list[dict[str, float]]:
+    """Rows of metrics.csv that carry a held-out loss."""
+    rows = []
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        for r in csv.DictReader(f):
+            if r.get("val/loss"):
+                rows.append({"step": int(r["step"]), **{k: float(r[k]) for k in
+                                                         ("val/loss", "val/image_loss", "val/text_loss")}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--curve", type=Path, required=True, help="folder of checkpoints kept during the run")
+    p.add_argument("--tokenizer", type=Path, required=True, help="the run's tokenizer.json")
+    p.add_argument("--vqvae", type=Path, required=True, help="the run's image tokenizer")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16, help="sampling batch")
+    p.add_argument("--train-batch", type=int, default=16, help="samples per optimizer step of the run")
+    a = p.parse_args(argv)
+    image_tokenizer = load_image_tokenizer(a.vqvae)
+    dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
+    batch = a.train_batch
+    cache = a.out / "learning_curve.json"       # checkpoints evaluated by an earlier call are not redone
+    done = {pt["step"]: pt for pt in json.loads(cache.read_text())["eval"]} if cache.is_file() else {}
+    points = []
+    for ckpt in sorted(a.curve.glob("step*.ckpt")):
+        model, info = model_from_checkpoint(ckpt, dalle_config)
+        step = info["global_step"]
+        if step in done:
+            points.append(done[step])
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = save_bundle(Path(tmp) / "bundle", model=model, vqvae=image_tokenizer, tokenizer_path=a.tokenizer)
+            res = run_eval(bundle, Path(tmp) / "eval", n=a.n, temperatures=(a.temperature,), ks=(1,),
+                           candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False,
+                           n_recon=8, n_scorer_check=20)
+        summary = res["temperatures"][str(a.temperature)]["summary"]
+        points.append({"step": step, "samples": step * batch,
+                       **{part: s["pass@k"]["1"] for part, s in summary.items()}})
+        print(points[-1], flush=True)
+    losses = val_losses(a.run_dir)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "learning_curve.json").write_text(json.dumps({"val": losses, "eval": points}, indent=2) + "\n")
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        ymax = max(r["val/loss"] for r in losses) * 1.1
+        left = plot_lines({k.split("/")[1]: [(r["step"] * batch, r[k]) for r in losses]
+                           for k in ("val/loss", "val/image_loss", "val/text_loss")},
+                          tmp / "loss.png", title="held-out loss (nats per token)", xlabel="samples seen",
+                          ylabel="loss", ymax=ymax)
+        parts = [k for k in points[0] if k not in ("step", "samples")] if points else []
+        right = plot_lines({part: [(pt["samples"], pt[part]) for pt in points] for part in parts},
+                           tmp / "pass.png", title=f"pass@1 at T={a.temperature} (n={a.n})",
+                           xlabel="samples seen", ylabel="pass@1")
+        save_png_atomic(make_grid([Image.open(left), Image.open(right)], ncol=2), a.out / "learning_curve.png")
+    finally:
+        shutil.rmtree(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

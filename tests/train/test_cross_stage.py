@@ -1,0 +1,37 @@
+"""Stage 2 reads the image vocabulary, code grid and resolution from the trained image tokenizer."""
+import torch
+
+from cli.main import main
+from dalle import Dalle
+from train.config import load_preset, with_image_tokenizer
+from vqvae.model import DiscreteVAE
+
+
+def test_with_image_tokenizer_takes_the_artefacts_values():
+    preset = load_preset("tiny")
+    trained = load_preset("tiny", ["vqvae.vocab_size=64", "vqvae.resolution=32"]).vqvae
+    got = with_image_tokenizer(preset, trained)
+    assert (got.dalle.image_vocab_size, got.dalle.image_grid, got.data.resolution) == (64, 8, 32)
+    assert got.vqvae == trained and got.dalle.n_layer == preset.dalle.n_layer
+    assert preset.dalle.image_vocab_size != 64                          # the input preset is left as it was
+
+
+def test_tokens_and_train_need_no_repeated_set_for_a_tokenizer_trained_with_one(tmp_path, image_shards,
+                                                                                tiny_tokenizer):
+    from train.dalle_fit import fit_dalle
+
+    trained = load_preset("tiny", ["vqvae.vocab_size=64", "vqvae.resolution=32"]).vqvae  # `dalle vqvae train --set ...`
+    torch.manual_seed(0)
+    vq_dir = DiscreteVAE(trained).save(tmp_path / "vqvae")
+    shards = [str(p) for p in image_shards(n=8, size=40)]
+    assert main(["tokens", *shards, "--vqvae", str(vq_dir), "--out", str(tmp_path / "tokens"), "--preset", "tiny",
+                 "--device", "cpu"]) == 0
+    token_shards = sorted(str(p) for p in (tmp_path / "tokens").glob("*.tar"))
+    assert token_shards
+    preset = load_preset("tiny", ["dalle_train.max_steps=2", "dalle_train.batch_size=4",
+                                  "dalle_train.image_every=0"])
+    path = fit_dalle(preset, tmp_path / "run", tokenizer_path=tiny_tokenizer.path, vqvae_dir=vq_dir,
+                     token_shards=token_shards, enable_progress_bar=False, accelerator="cpu")
+    model = Dalle.from_pretrained(path, device="cpu")
+    assert (model.config.image_vocab_size, model.config.image_grid, model.resolution) == (64, 8, 32)
+    assert model.generate(["a red square"], n=1)[0].image.size == (32, 32)

@@ -1,0 +1,95 @@
+"""Train the reranking scorer: data, module, Trainer, resume, safetensors + JSON export.
+
+``fit_scorer`` is what ``dalle scorer train`` calls: it builds the scorer's shard
+data module (:mod:`train.data.scorer_data`: the same decode and skip counting as the
+other stages, plus hard negatives from each sample's truth), the
+:class:`~train.scorer_module.ScorerModule` and the shared trainer
+(``train/trainer.py``), resumes from the newest intact checkpoint in
+``out_dir/checkpoints`` (the tokenizer's sha256 and the scorer config must match),
+fits to ``scorer_train.max_steps`` and writes the scorer to ``out_dir/scorer``
+(``scorer.safetensors`` + ``scorer.json``, which names the tokenizer by its sha256, and a copy of
+that ``tokenizer.json``, so the directory is scored and checked on its own).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import lightning as L
+
+from dalle.atomic import atomic_write_text
+from dalle.tokenizer import TextTokenizer
+from train.checkpoints import clean_orphans, verify
+from train.config import Preset
+from train.data.scorer_data import ScorerDataModule
+from common.shards import expand_sources
+from train.scorer_module import ScorerModule
+from train.trainer import build_trainer, latest_checkpoint
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "scorer"
+
+
+def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], tokenizer_path: str | Path,
+               resume: bool = True, callbacks: Iterable[L.Callback] = (), enable_progress_bar: bool = True,
+               trainer_kwargs: dict[str, Any] | None = None) -> Path:
+    """Train the scorer of ``preset`` on image shards and export it.
+
+    Args:
+        preset: the resolved preset (``scorer``, ``scorer_train`` and ``data`` sections are used).
+        out_dir: run directory (checkpoints, logs, ``scorer/``).
+        train_shards: shard sources (img2dataset; a ``.json`` with synthetic truth gives hard negatives).
+        tokenizer_path: the caption ``tokenizer.json`` of the model the scorer will rerank for.
+        resume: continue from the newest intact checkpoint when there is one.
+        callbacks: extra Lightning callbacks.
+        enable_progress_bar: show Lightning's progress bar.
+        trainer_kwargs: extra ``Trainer`` arguments (passed to ``build_trainer``).
+    Returns:
+        The exported scorer directory (``dalle.scorer.ImageTextScorer.from_checkpoint`` reads it).
+    Raises:
+        ValueError: no shards, a tokenizer that does not fit the preset, or a checkpoint of another
+            tokenizer or architecture.
+    """
+    out_dir = Path(out_dir)
+    cfg = preset.scorer_train
+    shards = [str(s) for s in train_shards]
+    if not shards:
+        raise ValueError("no training shards: give the image shards to train the scorer on")
+    expand_sources(shards)                      # a missing source is one line now, not after the trainer starts
+    tokenizer = TextTokenizer(tokenizer_path, preset.scorer.text_len, preset.scorer.text_vocab_size,
+                              lowercase=preset.data.lowercase)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_orphans(out_dir)
+    atomic_write_text(out_dir / "preset.json", json.dumps(preset.to_dict(), indent=2, default=str) + "\n")
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = ScorerModule(preset.scorer, cfg, tokenizer_sha256=tokenizer.sha256)
+    data = ScorerDataModule(preset.data, tokenizer=tokenizer, with_negatives=cfg.hard_negatives,
+                            aux_grid=module.aux_grid, batch_size=cfg.batch_size, train_sources=shards,
+                            val_sources=[], seed=cfg.seed)
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        log.info("resuming scorer training from %s", ckpt)
+    trainer = build_trainer(cfg, out_dir, callbacks=callbacks, enable_progress_bar=enable_progress_bar,
+                            resume_step=verify(ckpt)[0] if ckpt is not None else 0, **(trainer_kwargs or {}))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt is not None else None)
+    seconds = time.perf_counter() - start
+
+    export_dir = out_dir / EXPORT_DIR
+    if trainer.is_global_zero:
+        meta = {"preset": preset.name, "train_shards": shards, "batch_size": cfg.batch_size,
+                "hard_negatives": cfg.hard_negatives, "aux_weight": cfg.aux_weight,
+                "lowercase": preset.data.lowercase,
+                "train_seconds_this_run": round(seconds, 1),
+                "resumed_from": ckpt.name if ckpt is not None else None}
+        module.export(export_dir, meta)
+        shutil.copyfile(tokenizer_path, export_dir / "tokenizer.json")
+        log.info("wrote scorer %s (step %d, %.0f s)", export_dir, trainer.global_step, seconds)
+    trainer.strategy.barrier()
+    return export_dir

@@ -1,0 +1,190 @@
+"""PatchVQ: a k-means codebook of pixel patches with a learned context decoder.
+
+Measured on the built-in data (BENCHMARKS.md), the patch itself is what a 16x16
+grid of codes must keep: letters are 1-2 px strokes and small shapes a few
+patches wide, and a plain k-means codebook of raw 4x4 patches already keeps
+them far better than a convolutional dVAE of the same grid. PatchVQ builds on
+that:
+
+- encode: cut the image into ``patch`` x ``patch`` cells and give each the index
+  of its nearest centroid (squared error) in a k-means codebook fitted on
+  training patches (:mod:`vqvae.kmeans`). Deterministic, no network.
+- decode: look up each code's learned vector (initialised to its centroid), then
+  add a correction computed by a small residual conv net over the whole grid of
+  code vectors, so that a cell is redrawn knowing its neighbours (an edge or a
+  letter stroke continues across cells; a flat cell next to a flat cell stays
+  flat). The correction's last layer starts at zero, so before training PatchVQ
+  decodes exactly as k-means does, and training only lowers the error.
+
+Same public API as :class:`vqvae.model.DiscreteVAE`: ``encode(images) ->
+image_tokens``, ``decode(image_tokens) -> images``, ``save`` /
+``from_checkpoint`` (``vqvae.safetensors`` + ``vqvae.json`` with
+``"kind": "patch_vq"``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.configs import config_from_dict
+from vqvae.kmeans import fit_kmeans, from_patches, nearest, to_patches
+from vqvae.checkpoint import load_tokenizer, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+KIND = "patch_vq"
+
+
+@dataclass
+class PatchVQConfig:
+    """Architecture of a :class:`PatchVQ` tokenizer."""
+
+    resolution: int = 64          # input image side in pixels
+    in_channels: int = 3
+    patch: int = 4                # cell side in pixels: grid = resolution / patch
+    vocab_size: int = 4096        # k-means codebook size
+    n_hid: int = 128              # width of the context decoder
+    n_blocks: int = 3             # residual blocks of the context decoder
+
+    def __post_init__(self) -> None:
+        if self.patch < 1 or self.resolution % self.patch:
+            raise ValueError(f"vqvae.resolution {self.resolution} is not divisible by patch {self.patch}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vqvae.vocab_size must be >= 2, got {self.vocab_size}")
+        if self.n_hid < 1 or self.n_blocks < 0 or self.in_channels < 1:
+            raise ValueError("vqvae.n_hid and vqvae.in_channels must be positive, n_blocks >= 0")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the code grid: resolution / patch."""
+        return self.resolution // self.patch
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per code along a side (the dVAE's name for ``patch``)."""
+        return self.patch
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one cell: channels x patch x patch."""
+        return self.in_channels * self.patch * self.patch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, complete: bool = False) -> "PatchVQConfig":
+        """The config from a mapping (``kind`` ignored); ``complete`` (a saved file) requires every key."""
+        d = {k: v for k, v in d.items() if k != "kind"}
+        return config_from_dict(cls, d, what="vqvae", complete=complete)
+
+
+class ResBlock(nn.Module):
+    """x + conv3x3(relu(conv3x3(relu(x))))."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(n, n, 3, padding=1)
+        self.conv2 = nn.Conv2d(n, n, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class PatchVQ(nn.Module):
+    """Images <-> a grid of ``vocab_size`` patch codes (k-means encoder, learned context decoder)."""
+
+    def __init__(self, cfg: PatchVQConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.patch_dim
+        self.register_buffer("centroids", torch.zeros(cfg.vocab_size, d))   # the encoder's codebook
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))   # k-means done (resume skips it)
+        self.embed = nn.Embedding(cfg.vocab_size, d)                         # the decoder's code vectors
+        self.context = nn.Sequential(
+            nn.Conv2d(d, cfg.n_hid, 3, padding=1),
+            *[ResBlock(cfg.n_hid) for _ in range(cfg.n_blocks)],
+            nn.ReLU(),
+            nn.Conv2d(cfg.n_hid, d, 3, padding=1))
+        nn.init.zeros_(self.context[-1].weight)
+        nn.init.zeros_(self.context[-1].bias)
+
+    # ---- codebook ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_codebook(self, images: torch.Tensor, *, iters: int = 20, seed: int = 0) -> None:
+        """Fit the k-means codebook to the patches of ``images`` (B, C, R, R) in [0, 1]; reset the decoder's
+        code vectors to the centroids."""
+        self._check_images(images)
+        x = to_patches(images.float().cpu(), self.config.patch).reshape(-1, self.config.patch_dim)
+        centroids = fit_kmeans(x, self.config.vocab_size, iters=iters, seed=seed)
+        self.centroids.copy_(centroids)
+        self.embed.weight.copy_(centroids)
+        self.fitted.fill_(True)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        r, c = self.config.resolution, self.config.in_channels
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != r or images.shape[3] != r:
+            raise ValueError(f"expected images of shape (B, {c}, {r}, {r}), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
+
+    def _check_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        g, v = self.config.grid_size, self.config.vocab_size
+        if image_tokens.ndim == 2 and image_tokens.shape[1] == g * g:
+            image_tokens = image_tokens.view(-1, g, g)                        # (B, h, w)
+        if image_tokens.ndim != 3 or image_tokens.shape[1:] != (g, g):
+            raise ValueError(f"expected image tokens of shape (B, {g}, {g}) or (B, {g * g}), "
+                             f"got {tuple(image_tokens.shape)}")
+        if image_tokens.is_floating_point() or image_tokens.is_complex():
+            raise ValueError(f"expected integer image tokens, got dtype {image_tokens.dtype}")
+        image_tokens = image_tokens.long()
+        if image_tokens.numel() and (int(image_tokens.min()) < 0 or int(image_tokens.max()) >= v):
+            raise ValueError(f"image tokens must be in [0, {v}), got range "
+                             f"[{int(image_tokens.min())}, {int(image_tokens.max())}]")
+        return image_tokens
+
+    # ---- the two directions ----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) images in [0, 1] -> (B, h, w) int64 codes (nearest centroid per cell)."""
+        self._check_images(images)
+        if not bool(self.fitted):
+            raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
+        p = to_patches(images.to(self.centroids.dtype), self.config.patch)   # (B, h, w, D)
+        # Identical cells (flat colour is most of an image) are searched once: same codes, less work.
+        unique, inverse = torch.unique(p.reshape(-1, p.shape[-1]), dim=0, return_inverse=True)
+        idx, _ = nearest(unique, self.centroids)
+        return idx[inverse].view(p.shape[:3])                                 # (B, h, w)
+
+    def decode_raw(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Differentiable decode (training): (B, h, w) codes -> (B, C, R, R), not clamped."""
+        image_tokens = self._check_tokens(image_tokens)
+        base = self.embed(image_tokens).permute(0, 3, 1, 2)                   # (B, D, h, w)
+        cells = base + self.context(base)                                     # (B, D, h, w)
+        return from_patches(cells.permute(0, 2, 3, 1), self.config.patch, self.config.in_channels)
+
+    @torch.no_grad()
+    def decode(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) or (B, h*w) int64 codes -> (B, C, R, R) float images in [0, 1]."""
+        return self.decode_raw(image_tokens).float().clamp(0.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: ``(codes (B, h, w), reconstruction (B, C, R, R) not clamped)``."""
+        codes = self.encode(images)
+        return codes, self.decode_raw(codes)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``vqvae.safetensors`` and ``vqvae.json`` (the config, ``kind`` included) into ``directory``."""
+        return save_tokenizer(self, directory)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str | torch.device = "cpu") -> "PatchVQ":
+        """Rebuild a model saved by :meth:`save`, on ``device``, in eval mode."""
+        return load_tokenizer(cls, PatchVQConfig, directory, device, complete=True)
