@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vqvae.checkpoint import load_tokenizer, save_tokenizer
+from vqvae.checks import check_images, check_tokens
 from vqvae.config import VQVAEConfig
 from vqvae.decoder import Decoder
 from vqvae.encoder import Encoder
@@ -58,13 +59,6 @@ class DiscreteVAE(nn.Module):
                     nn.init.zeros_(m.bias)
 
     # ---- helpers -------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor) -> None:
-        r, c = self.config.resolution, self.config.in_channels
-        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != r or images.shape[3] != r:
-            raise ValueError(f"expected images of shape (B, {c}, {r}, {r}), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
-
     def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.encoder.head[-1].weight.dtype)
         return map_pixels(x) if self.config.likelihood == "logit_laplace" else x
@@ -89,7 +83,7 @@ class DiscreteVAE(nn.Module):
         Returns:
             :class:`VQVAEOutput` with logits, decoder parameters and encoder features.
         """
-        self._check_images(images)
+        check_images(images, self.config)
         features = self.encoder.features(self._encoder_input(images))   # (B, F, h, w)
         logits = self.encoder.head(features)                              # (B, V, h, w)
         z = relax(self.config.relaxation, logits, temperature, noise=noise, generator=generator)
@@ -99,7 +93,7 @@ class DiscreteVAE(nn.Module):
     # ---- inference -----------------------------------------------------------------------
     def code_logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, R, R) images in [0, 1] -> (B, V, h, w) code logits (differentiable)."""
-        self._check_images(images)
+        check_images(images, self.config)
         return self.encoder(self._encoder_input(images))
 
     @torch.no_grad()
@@ -110,18 +104,7 @@ class DiscreteVAE(nn.Module):
     @torch.no_grad()
     def decode(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) or (B, h*w) int64 codes -> (B, C, R, R) float images in [0, 1]."""
-        g, v = self.config.grid_size, self.config.vocab_size
-        if image_tokens.ndim == 2 and image_tokens.shape[1] == g * g:
-            image_tokens = image_tokens.view(-1, g, g)                    # (B, h, w)
-        if image_tokens.ndim != 3 or image_tokens.shape[1:] != (g, g):
-            raise ValueError(f"expected image tokens of shape (B, {g}, {g}) or (B, {g * g}), "
-                             f"got {tuple(image_tokens.shape)}")
-        if image_tokens.is_floating_point() or image_tokens.is_complex():
-            raise ValueError(f"expected integer image tokens, got dtype {image_tokens.dtype}")
-        image_tokens = image_tokens.long()
-        if image_tokens.numel() and (int(image_tokens.min()) < 0 or int(image_tokens.max()) >= v):
-            raise ValueError(f"image tokens must be in [0, {v}), got range "
-                             f"[{int(image_tokens.min())}, {int(image_tokens.max())}]")
+        image_tokens = check_tokens(image_tokens, self.config)
         params = self.decoder.decode_embedded(self.decoder.embed(image_tokens))
         return self.params_to_images(params)
 

@@ -34,6 +34,7 @@ from torch import nn
 from common.configs import config_from_dict
 from vqvae.kmeans import fit_kmeans, from_patches, nearest, to_patches
 from vqvae.checkpoint import load_tokenizer, save_tokenizer
+from vqvae.checks import check_images, check_tokens
 
 log = logging.getLogger(__name__)
 
@@ -119,41 +120,18 @@ class PatchVQ(nn.Module):
     def fit_codebook(self, images: torch.Tensor, *, iters: int = 20, seed: int = 0) -> None:
         """Fit the k-means codebook to the patches of ``images`` (B, C, R, R) in [0, 1]; reset the decoder's
         code vectors to the centroids."""
-        self._check_images(images)
+        check_images(images, self.config)
         x = to_patches(images.float().cpu(), self.config.patch).reshape(-1, self.config.patch_dim)
         centroids = fit_kmeans(x, self.config.vocab_size, iters=iters, seed=seed)
         self.centroids.copy_(centroids)
         self.embed.weight.copy_(centroids)
         self.fitted.fill_(True)
 
-    # ---- helpers -------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor) -> None:
-        r, c = self.config.resolution, self.config.in_channels
-        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != r or images.shape[3] != r:
-            raise ValueError(f"expected images of shape (B, {c}, {r}, {r}), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}")
-
-    def _check_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        g, v = self.config.grid_size, self.config.vocab_size
-        if image_tokens.ndim == 2 and image_tokens.shape[1] == g * g:
-            image_tokens = image_tokens.view(-1, g, g)                        # (B, h, w)
-        if image_tokens.ndim != 3 or image_tokens.shape[1:] != (g, g):
-            raise ValueError(f"expected image tokens of shape (B, {g}, {g}) or (B, {g * g}), "
-                             f"got {tuple(image_tokens.shape)}")
-        if image_tokens.is_floating_point() or image_tokens.is_complex():
-            raise ValueError(f"expected integer image tokens, got dtype {image_tokens.dtype}")
-        image_tokens = image_tokens.long()
-        if image_tokens.numel() and (int(image_tokens.min()) < 0 or int(image_tokens.max()) >= v):
-            raise ValueError(f"image tokens must be in [0, {v}), got range "
-                             f"[{int(image_tokens.min())}, {int(image_tokens.max())}]")
-        return image_tokens
-
     # ---- the two directions ----------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, R, R) images in [0, 1] -> (B, h, w) int64 codes (nearest centroid per cell)."""
-        self._check_images(images)
+        check_images(images, self.config)
         if not bool(self.fitted):
             raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
         p = to_patches(images.to(self.centroids.dtype), self.config.patch)   # (B, h, w, D)
@@ -164,7 +142,7 @@ class PatchVQ(nn.Module):
 
     def decode_raw(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Differentiable decode (training): (B, h, w) codes -> (B, C, R, R), not clamped."""
-        image_tokens = self._check_tokens(image_tokens)
+        image_tokens = check_tokens(image_tokens, self.config)
         base = self.embed(image_tokens).permute(0, 3, 1, 2)                   # (B, D, h, w)
         cells = base + self.context(base)                                     # (B, D, h, w)
         return from_patches(cells.permute(0, 2, 3, 1), self.config.patch, self.config.in_channels)
