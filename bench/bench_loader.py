@@ -27,7 +27,7 @@ from PIL import Image
 
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
-from train.data.decode import SampleDecoder, SkipCounter
+from common.samples import SampleDecoder, SkipCounter
 from train.data.loader import image_dataset, make_loader
 from common.shards import ShardWriter
 from train.text_tokenizer import train_tokenizer

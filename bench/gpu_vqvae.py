@@ -18,7 +18,7 @@ import torch
 
 from train.config import load_preset
 from vqvae import DiscreteVAE
-from vqvae.losses import elbo_loss, kl_uniform, reconstruction_loss
+from vqvae.losses import elbo_loss, kl_uniform
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -95,7 +95,7 @@ def main() -> None:
         def step() -> None:
             with autocast:
                 out = run(images, 0.5)
-                terms = elbo_loss(reconstruction_loss(cfg.likelihood, images, out.params),
+                terms = elbo_loss(model.likelihood.nll(images, out.params),
                                   kl_uniform(out.logits), 6.6, n_pixel_dims=n_dims, n_positions=n_pos)
             terms.loss.backward()
             opt.step()

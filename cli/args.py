@@ -24,6 +24,7 @@ def _number(cast: Callable[[str], float], ok: Callable[[float], bool], expect: s
 
 
 positive_int = _number(int, lambda v: v >= 1, "a number >= 1")
+nonneg_int = _number(int, lambda v: v >= 0, "a whole number >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")

@@ -32,6 +32,24 @@ USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError, Is
                PermissionError, FileExistsError)
 
 
+# A ValueError is the user's only when this project raised it (or it is about a file's content);
+# one raised deep inside a library (PIL's "x1 must be greater than or equal to x0") is a bug.
+OUR_PACKAGES = frozenset({"cli", "common", "dalle", "evaluation", "serve", "synth", "train", "vqvae"})
+CONTENT_ERRORS = (UnicodeDecodeError,)
+
+
+def raised_by_this_project(e: BaseException) -> bool:
+    """Whether the innermost Python frame of ``e``'s traceback is in one of this project's packages."""
+    if not isinstance(e, ValueError) or isinstance(e, CONTENT_ERRORS) or type(e).__module__ == "json.decoder":
+        return True
+    tb = e.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in OUR_PACKAGES
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports errors in one line (exit 2) instead of usage + error."""
 
@@ -55,13 +73,23 @@ def load_preset_arg(a: argparse.Namespace, section: str | None = None):
     return load_preset(a.preset, overrides)
 
 
-def sampling_options(a: argparse.Namespace):
-    """The one :class:`dalle.SamplingOptions` of a generate / edit command (validated here, once)."""
-    from dalle.options import SamplingOptions
+def sampling_options(a: argparse.Namespace, recommended=None):
+    """The one :class:`dalle.SamplingOptions` of a generate / edit command (validated here, once).
+
+    Temperature, top-k, top-p and guidance not given on the command line come from ``recommended``
+    (the model's :attr:`dalle.Dalle.sampling`), else the defaults; ``--top-k 0`` and ``--top-p 1`` are off.
+    """
+    from dalle.options import RECOMMENDABLE, SamplingOptions
     scorer = "clip" if scorer_dir(a) else a.scorer       # a scorer directory is used as the clip scorer
-    return SamplingOptions(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, guidance=a.guidance,
-                           candidates=a.candidates, batch_size=a.batch_size, scorer=scorer, dtype=a.dtype,
-                           compile=a.compile, use_cache=not a.no_cache)
+    base = recommended if recommended is not None else SamplingOptions()
+    given = {name: getattr(a, name) for name in RECOMMENDABLE if getattr(a, name) is not None}
+    if given.get("top_k") == 0:
+        given["top_k"] = None
+    if given.get("top_p") == 1.0:
+        given["top_p"] = None
+    settings = {name: getattr(base, name) for name in RECOMMENDABLE} | given
+    return SamplingOptions(**settings, candidates=a.candidates, batch_size=a.batch_size, scorer=scorer,
+                           dtype=a.dtype, compile=a.compile, use_cache=not a.no_cache)
 
 
 def scorer_dir(a: argparse.Namespace) -> str | None:
@@ -156,8 +184,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise UsageError("empty prompt: give a caption such as \"a red circle\"")
     check_out_dir(a.out)
     from dalle.images import save_generations
-    options = sampling_options(a)
+    sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
+    options = sampling_options(a, model.sampling)
     warn_long_prompts(model, prompts)
     gens = model.generate(prompts, n=a.n, seed=a.seed, options=options, progress=not a.quiet)
     settings = {"n": a.n, "seed": a.seed, **options.to_dict(), "model": str(model.path)}
@@ -175,8 +204,9 @@ def cmd_edit(a: argparse.Namespace) -> int:
         raise UsageError(f"image not found: {a.image}")
     check_out_dir(a.out)
     from dalle.images import save_generations
-    options = sampling_options(a)
+    sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
+    options = sampling_options(a, model.sampling)
     image = load_edit_image(a.image, model.resolution)                 # (3, R, R) in [0, 1]
     warn_long_prompts(model, [prompt])
     if a.keep_rows is None and a.keep_fraction is None:
@@ -344,8 +374,8 @@ def cmd_scorer_attach(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from evaluation.run import run_eval
     result = run_eval(a.model, a.out, n=a.n, temperatures=a.temperatures, candidates=a.candidates,
-                      seed=a.seed, device=resolve_device(a.device), batch_size=a.batch_size,
-                      prompts_per_part=a.prompts_per_part)
+                      guidance_values=a.guidance, seed=a.seed, device=resolve_device(a.device),
+                      batch_size=a.batch_size, prompts_per_part=a.prompts_per_part, top_k=a.top_k, top_p=a.top_p)
     print(result.get("markdown_path", a.out))
     return 0
 
@@ -357,11 +387,14 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=A.seed, default=0, help="each image depends on (seed, prompt, index) only")
     p.add_argument("--out", default="out", help="output directory (default ./out)")
     p.add_argument("--model", default=None, help="model bundle directory (default: the embedded model)")
-    p.add_argument("--temperature", type=A.positive_float, default=1.0)
-    p.add_argument("--top-k", type=A.positive_int, default=None, help="keep the k most likely codes")
-    p.add_argument("--top-p", type=A.probability, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--guidance", type=A.nonneg_float, default=1.0,
-                   help="classifier-free guidance scale (1: off)")
+    p.add_argument("--temperature", type=A.positive_float, default=None,
+                   help="(default: the model's recommended setting, else 1)")
+    p.add_argument("--top-k", type=A.nonneg_int, default=None,
+                   help="keep the k most likely codes; 0: off (default: the model's recommended setting, else off)")
+    p.add_argument("--top-p", type=A.probability, default=None,
+                   help="nucleus sampling mass in (0, 1]; 1: off (default: the model's, else off)")
+    p.add_argument("--guidance", type=A.nonneg_float, default=None,
+                   help="classifier-free guidance scale, 1: off (default: the model's recommended setting, else 1)")
     p.add_argument("--candidates", type=A.positive_int, default=None,
                    help="draw this many per prompt and keep the best -n by --scorer")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -559,6 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=A.positive_int, default=20, help="samples per prompt")
     p.add_argument("--temperatures", type=A.positive_float, nargs="+", default=[0.7, 1.0])
     p.add_argument("--candidates", type=A.positive_int, default=8, help="M for reranked pass@1")
+    p.add_argument("--guidance", type=A.nonneg_float, nargs="+", default=[1.0, 3.0],
+                   help="guidance scales: the first in the temperature sweep, each then at the best pass@1 "
+                        "temperature (default 1 3)")
+    p.add_argument("--top-k", type=A.nonneg_int, default=None,
+                   help="sample from the k most likely codes; 0: off (default: the model's recommended setting)")
+    p.add_argument("--top-p", type=A.probability, default=None,
+                   help="nucleus sampling mass in (0, 1] (default: the model's recommended setting)")
     p.add_argument("--prompts-per-part", type=A.positive_int, default=6,
                    help="prompts in each part of the default suite (6: every held-out word once)")
     p.add_argument("--seed", type=A.seed, default=0)
@@ -582,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print("dalle: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:   # bad input: one line; anything else is a bug and keeps its traceback
-        if os.environ.get("DALLE_DEBUG"):
+        if os.environ.get("DALLE_DEBUG") or not raised_by_this_project(e):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         print(f"dalle {a.command}: error: {msg}", file=sys.stderr)

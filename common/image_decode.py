@@ -112,7 +112,7 @@ def decode_image_uint8(data: bytes | None, cfg: Any, *, resolution: int,
     """Image bytes -> (3, resolution, resolution) uint8 tensor, or :class:`SkipSample`.
 
     The loader keeps images in uint8 until they reach the main process (4x less
-    inter-process traffic than float32); :func:`decode_image` returns floats.
+    inter-process traffic than float32); :func:`to_float` makes them floats.
 
     Args:
         data: encoded image (JPEG, PNG, WebP, ...).
@@ -167,14 +167,3 @@ def decode_image_uint8(data: bytes | None, cfg: Any, *, resolution: int,
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (..., 3, R, R) -> float in [0, 1] (floats are returned unchanged)."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
-
-
-def decode_image(data: bytes | None, cfg: Any, *, resolution: int,
-                 rng: random.Random | None = None, random_crop: bool = False) -> torch.Tensor:
-    """Image bytes -> (3, resolution, resolution) float tensor in [0, 1], or :class:`SkipSample`.
-
-    Args: as :func:`decode_image_uint8`.
-    """
-    return to_float(decode_image_uint8(data, cfg, resolution=resolution, rng=rng, random_crop=random_crop))
-
-

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dalle.bundle import check_compatible, load_bundle, save_bundle
+from dalle.bundle import BundleError, check_compatible, load_bundle, save_bundle
 from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.options import SamplingOptions
@@ -73,6 +73,10 @@ class Dalle:
         self.model, self.image_tokenizer, self.tokenizer = model, image_tokenizer, tokenizer
         self.meta = dict(meta or {})
         self.path = path
+        try:
+            self.sampling = SamplingOptions.recommended(self.meta.get("sampling"))
+        except ValueError as e:
+            raise BundleError(f"{path or 'the model'}: bundle.json meta.sampling: {e}") from None
         self.scorer: ImageTextScorer | None = None
         if scorer is not None:
             self.set_scorer(scorer)
@@ -97,14 +101,26 @@ class Dalle:
         return cls(parts.model, parts.image_tokenizer, parts.tokenizer, meta=parts.meta, path=parts.path,
                    scorer=scorer)
 
-    def save(self, directory: str | Path, *, model_card: str | None = None) -> Path:
-        """Write the model as a bundle directory that :meth:`from_pretrained` reads back (its scorer too)."""
+    def save(self, directory: str | Path, *, model_card: str | None = None, weights_dtype: str = "float32") -> Path:
+        """Write the model as a bundle directory that :meth:`from_pretrained` reads back (its scorer too).
+
+        ``weights_dtype="float16"`` halves the transformer's weights file (read back as float32)."""
         out = save_bundle(directory, model=self.model, vqvae=self.image_tokenizer,
                           tokenizer_path=self.tokenizer.path, lowercase=self.tokenizer.lowercase,
-                          meta=self.meta, model_card=model_card)
+                          meta=self.meta, model_card=model_card, weights_dtype=weights_dtype)
         if self.scorer is not None:
             attach_scorer(out, self.scorer)
         return out
+
+    def set_sampling_defaults(self, **settings: Any) -> "Dalle":
+        """Recommend sampling settings (``temperature``, ``top_k``, ``top_p``, ``guidance``) for this model:
+        :meth:`generate`, :meth:`edit`, ``dalle generate``, ``dalle serve`` and ``dalle eval`` use them
+        unless told otherwise, and :meth:`save` stores them in ``bundle.json``. None removes one."""
+        merged = {**(self.meta.get("sampling") or {}), **settings}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        self.sampling = SamplingOptions.recommended(merged)
+        self.meta["sampling"] = merged
+        return self
 
     def set_scorer(self, scorer: ImageTextScorer | str | Path) -> "Dalle":
         """Use ``scorer`` (an :class:`ImageTextScorer` or its directory) as this model's ``"clip"`` scorer.
@@ -166,7 +182,8 @@ class Dalle:
             prompts: a caption or a list of captions.
             n: images kept per prompt.
             seed: run seed; image ``index`` of ``prompt`` uses ``image_seed(seed, prompt, index)``.
-            options: :class:`SamplingOptions`; keyword ``sampling`` options (``temperature``,
+            options: :class:`SamplingOptions` (None: :attr:`sampling`, the bundle's recommended
+                settings over the defaults); keyword ``sampling`` options (``temperature``,
                 ``top_k``, ``top_p``, ``guidance``, ``candidates``, ``batch_size``, ``scorer``,
                 ``dtype``, ``compile``, ``use_cache``) override its fields.
             progress: True: a tqdm bar; a callable gets ``(codes_done, codes_total)`` over the run.
@@ -176,7 +193,7 @@ class Dalle:
         Raises:
             ValueError: an invalid option or prompt.
         """
-        opts = SamplingOptions.of(options, **sampling)
+        opts = SamplingOptions.of(self.sampling if options is None else options, **sampling)
         return self._run(_check_prompts(prompts), None, n=n, seed=seed, opts=opts, progress=progress)
 
     def edit(self, image: Image.Image | str | Path | torch.Tensor, prompt: str, *, keep_rows: int | None = None,
@@ -200,7 +217,7 @@ class Dalle:
         """
         cfg = self.config
         k = keep_count(cfg.image_len, cfg.image_grid, keep_rows, keep_fraction)
-        opts = SamplingOptions.of(options, **sampling)
+        opts = SamplingOptions.of(self.sampling if options is None else options, **sampling)
         if not isinstance(prompt, str):
             raise ValueError("edit takes one prompt string")
         pixels = prepare_image(image, self.resolution).to(self._image_device())    # (1, 3, R, R)

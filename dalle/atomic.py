@@ -5,10 +5,11 @@ Files get the usual permissions (0666 minus the umask), not mkstemp's 0600.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def default_mode(directory: bool = False) -> int:
@@ -16,6 +17,22 @@ def default_mode(directory: bool = False) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if directory else 0o666) & ~umask
+
+
+@contextlib.contextmanager
+def _written_temp(path: Path, write: Callable[[str], object]) -> Iterator[str]:
+    """A temporary file beside ``path`` (its directory created if missing), filled by ``write``
+    and given the usual permissions; gone on the way out unless the caller moved it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
@@ -28,17 +45,8 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
         ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
+    with _written_temp(path, write) as tmp:
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -55,12 +63,7 @@ def write_new(path: str | Path, write: Callable[[str], object], *, max_tries: in
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
+    with _written_temp(path, write) as tmp:
         for i in range(1, max_tries + 1):
             target = path if i == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
             try:
@@ -69,9 +72,6 @@ def write_new(path: str | Path, write: Callable[[str], object], *, max_tries: in
             except FileExistsError:
                 continue
         raise FileExistsError(f"{path}: {max_tries} names taken")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -89,7 +89,8 @@ def _read_json(path: Path) -> dict:
 
 
 def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: str | Path,
-                lowercase: bool = True, meta: dict | None = None, model_card: str | None = None) -> Path:
+                lowercase: bool = True, meta: dict | None = None, model_card: str | None = None,
+                weights_dtype: str = "float32") -> Path:
     """Write an inference bundle atomically (a temporary directory renamed into place).
 
     Args:
@@ -102,6 +103,8 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
         meta: free-form metadata (training steps, data, ...), stored in bundle.json.
         model_card: Markdown written by a person for the README.md model card (a YAML header
             is added); None: a card generated from the configs and ``meta`` (see :mod:`dalle.model_card`).
+        weights_dtype: how the transformer's weights are stored, ``float32`` or ``float16`` (half the
+            file; read back as float32).
     Returns:
         The bundle directory.
     """
@@ -111,7 +114,7 @@ def save_bundle(out_dir: str | Path, *, model: Any, vqvae: Any, tokenizer_path: 
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     os.chmod(tmp, default_mode(directory=True))
     try:
-        model.save(tmp)
+        model.save(tmp, weights_dtype=weights_dtype)
         vqvae.save(tmp)
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         info = {"format": FORMAT, "version": VERSION,

@@ -112,6 +112,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}   # how weights files store floats
+
+
 class DalleTransformer(nn.Module):
     """Decoder-only transformer over a fixed-length caption followed by image codes.
 
@@ -162,6 +165,38 @@ class DalleTransformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=resid_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def init_image_codes(self, code_vectors: torch.Tensor, *, seed: int = 0, noise: float = 0.5) -> None:
+        """Start the image-code embedding and output head from what each code looks like.
+
+        A random init gives the model no idea that two of 8,192 codes are nearly the same patch;
+        here code ``k`` starts at a fixed random projection of ``code_vectors[k]`` (e.g. the 4x4
+        pixel patch of a k-means codebook, centred), so similar patches start with similar
+        embeddings and similar logits, plus independent N(0, 0.02 * noise) so every code stays
+        distinguishable. Both matrices end with the usual init's overall std of 0.02.
+
+        Args:
+            code_vectors: (image_vocab_size, D) float, one row per code.
+            seed: seed of the projection and the noise.
+            noise: std of the per-code noise relative to 0.02.
+        """
+        v = self.config.image_vocab_size
+        if code_vectors.dim() != 2 or code_vectors.shape[0] != v:
+            raise ValueError(f"code_vectors must be ({v}, D), got {tuple(code_vectors.shape)}")
+        if not bool(torch.isfinite(code_vectors).all()):
+            raise ValueError("code_vectors hold non-finite values")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        g = torch.Generator().manual_seed(seed)
+        x = code_vectors.detach().float().cpu()
+        x = x - x.mean(dim=0, keepdim=True)
+        proj = torch.randn(x.shape[1], self.config.n_embd, generator=g) / math.sqrt(x.shape[1])
+        y = x @ proj                                                          # (V, n_embd)
+        y = y / y.std().clamp_min(1e-8)                                       # unit overall std
+        for layer in (self.image_emb, self.image_head):
+            w = y + noise * torch.randn(y.shape, generator=g)
+            layer.weight.copy_((0.02 * w / w.std()).to(layer.weight))
 
     # ---- embeddings ----------------------------------------------------------------------
     def _embed_text(self, text_tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -309,11 +344,21 @@ class DalleTransformer(nn.Module):
         return 3 * forward if training else forward
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``dalle.safetensors`` (parameters only) and ``dalle.json`` (the config)."""
+    def save(self, directory: str | Path, *, weights_dtype: str = "float32") -> Path:
+        """Write ``dalle.safetensors`` (parameters only) and ``dalle.json`` (the config).
+
+        Args:
+            directory: where to write.
+            weights_dtype: ``float32`` or ``float16`` storage (half the file; the weights are read
+                back as float32, so the model computes exactly as the stored values say).
+        """
+        if weights_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"weights_dtype must be one of {sorted(STORAGE_DTYPES)}, got {weights_dtype!r}")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        dtype = STORAGE_DTYPES[weights_dtype]
+        state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         atomic_write_text(d / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         log.info("saved transformer to %s", d)
@@ -333,7 +378,9 @@ class DalleTransformer(nn.Module):
         with torch.device("meta"):
             model = cls(cfg)
         try:
-            model.load_state_dict(load_file(str(weights_path), device=str(device)), strict=True, assign=True)
+            state = {k: v.float() if v.is_floating_point() else v       # float16 storage computes in float32
+                     for k, v in load_file(str(weights_path), device=str(device)).items()}
+            model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise ValueError(f"{weights_path} does not match its config: {first}") from None

@@ -18,6 +18,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The settings a bundle may recommend (``bundle.json`` ``meta.sampling``, like a generation config):
+# used by generate / edit / serve / eval whenever the caller does not give them.
+RECOMMENDABLE = ("temperature", "top_k", "top_p", "guidance")
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How codes are drawn and candidates chosen (everything but prompts, n and seed).
@@ -84,6 +89,22 @@ class SamplingOptions:
         if options is None:
             return cls(**sampling)
         return dataclasses.replace(options, **sampling) if sampling else options
+
+    @classmethod
+    def recommended(cls, settings: Any) -> "SamplingOptions":
+        """The defaults with a bundle's recommended ``settings`` (a dict of :data:`RECOMMENDABLE` keys) applied.
+
+        Raises:
+            ValueError: not a dict, a key that cannot be recommended, or an invalid value.
+        """
+        if settings is None:
+            return cls()
+        if not isinstance(settings, dict):
+            raise ValueError(f"recommended sampling settings must be a JSON object, got {type(settings).__name__}")
+        unknown = sorted(set(settings) - set(RECOMMENDABLE))
+        if unknown:
+            raise ValueError(f"unknown recommended sampling setting(s) {unknown}; known: {list(RECOMMENDABLE)}")
+        return cls(**settings)
 
     def compute_dtype(self, device: torch.device) -> torch.dtype:
         """The autocast and KV-cache dtype on ``device``."""

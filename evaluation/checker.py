@@ -108,7 +108,8 @@ def _coverage(shape: str, h: int, w: int, cx: float, cy: float, d: float, ss: in
     """Coverage (h, w) in [0, 1] of ``shape`` with side d centred at (cx, cy), in window pixels."""
     im = Image.new("L", (w * ss, h * ss), 0)
     x0, y0 = (cx - d / 2) * ss, (cy - d / 2) * ss
-    draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + d * ss - 1, y0 + d * ss - 1), 255)
+    side = max(d * ss, 1.0)        # a speck of mass (side under one sub-pixel) is one sub-pixel, not an inverted box
+    draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + side - 1, y0 + side - 1), 255)
     return np.asarray(im.reduce(ss), dtype=np.float64) / 255.0
 
 

@@ -9,7 +9,8 @@ hard codes, decodes them and reports per source and over all sources:
   ``10 log10(1 / MSE)`` with pixels in [0, 1] (the tokenizer as the transformer
   uses it: argmax codes, no relaxation);
 - codebook usage: the share of the ``vocab_size`` codes that occur at least once;
-- code perplexity: ``exp(entropy)`` of the code histogram;
+- code perplexity: ``exp(entropy)`` of the code histogram (these three: :mod:`vqvae.metrics`, as
+  the training logs compute them);
 - bits per image: ``h * w * log2(vocab_size)``, the fixed-length size of the codes;
 - the checker ceiling, for sources whose samples carry their truth (the built-in
   scenes and signs): the share of reconstructions that :func:`evaluation.checker.check`
@@ -31,6 +32,7 @@ import torch
 from dalle.images import save_recon_grid
 from dalle.pipeline import tensor_to_pil
 from evaluation.checker import check
+from vqvae.metrics import code_perplexity, codebook_usage, psnr_per_image
 
 GRID_IMAGES = 8
 GRID_SCALE = 4
@@ -52,8 +54,7 @@ def _reconstruct(vqvae: Any, batches: Iterable[torch.Tensor],
         xb = xb.to(device)
         tokens = vqvae.encode(xb)                                                     # (B, h, w)
         rec = vqvae.decode(tokens).float().clamp(0, 1)                                # (B, 3, R, R)
-        mse = ((rec - xb.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        psnrs.append((10 * torch.log10(1.0 / mse)).cpu())
+        psnrs.append(psnr_per_image(xb, rec).cpu())
         codes.append(tokens.flatten().cpu())
         recons.append(rec.cpu())
     if not psnrs:
@@ -63,10 +64,9 @@ def _reconstruct(vqvae: Any, batches: Iterable[torch.Tensor],
 
 def _summarise(psnrs: torch.Tensor, codes: torch.Tensor, cfg: Any) -> dict[str, float]:
     counts = torch.bincount(codes, minlength=cfg.vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
     return {"images": len(psnrs), "psnr_db": float(psnrs.mean()),
-            "codebook_usage": float((counts > 0).sum() / cfg.vocab_size),
-            "code_perplexity": math.exp(float(-(p * p.log()).sum())),
+            "codebook_usage": float(codebook_usage(counts)),
+            "code_perplexity": float(code_perplexity(counts)),
             "bits_per_image": cfg.grid_size ** 2 * math.log2(cfg.vocab_size)}
 
 

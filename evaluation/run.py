@@ -194,7 +194,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     m = result["candidates"]
     lines = [f"# dalle eval: {result['bundle']}", "",
              f"n = {result['n']} samples per prompt, seed {result['seed']}, {result['n_prompts']} prompts; "
-             f"guidance {result['base_guidance']} in the temperature sweep.", "",
+             f"guidance {result['base_guidance']} in the temperature sweep; top-k {result.get('top_k') or 'off'}, "
+             f"top-p {result.get('top_p') or 'off'}.", "",
              "## pass@k by temperature", "",
              "| temperature | part | " + " | ".join(f"pass@{k}" for k in ks) + f" | rerank@{m} pass@1 |",
              "|---|---|" + "---|" * (len(ks) + 1)]
@@ -268,7 +269,8 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
         temperatures: the sweep; ks: the budgets.
         candidates: M for reranked pass@1 (the best of M by mean log-probability).
         guidance_values: the first is used in the sweep; each is then run at the best pass@1 temperature.
-        seed, device, batch_size, top_k, top_p: sampling options.
+        seed, device, batch_size: sampling options.
+        top_k, top_p: None: the model's recommended setting (``Dalle.sampling``); 0: off.
         prompts_per_part: size of each part of the default suite (6: each of the six held-out words once).
         frechet: compute FD-EfficientNetLite0 when its packages are installed.
         n_scorer_check: fresh renders per split and kind for the scorer's hard-negative accuracy
@@ -290,6 +292,9 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     model = Dalle.from_pretrained(bundle_dir, device=device)
     texts = [p.prompt for p in prompts]
+    # top-k / top-p: None is the model's recommended setting (bundle.json meta.sampling), 0 is off
+    top_k = model.sampling.top_k if top_k is None else (top_k or None)
+    top_p = model.sampling.top_p if top_p is None else (top_p or None)
     opts = dict(n=n, seed=seed, top_k=top_k, top_p=top_p, batch_size=batch_size)
     base_g = float(guidance_values[0])
 

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.samples import SampleSettings, SkipCounter, read_samples
+from common.scorer_batches import NEG_SLOTS, ScorerCollate, ScorerSample, ScorerSampleDecoder, negatives_rng
+from common.shards import expand_sources
 from dalle.atomic import atomic_write_text
 from dalle.scorer import ImageTextScorer, ScorerError
 from dalle.tokenizer import TextTokenizer
 from synth.negatives import hard_negatives
 from synth.scenes import render_scene, scene_sample
 from synth.signs import sign_sample
-from train.config import DataConfig
-from train.data.scorer_data import NEG_SLOTS, ScorerCollate, ScorerSample, negatives_rng, scorer_dataset
 
 
 def hard_negative_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, source: Any, *,
@@ -49,27 +50,58 @@ def hard_negative_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, so
         ``{"n", "n_with_negatives", "accuracy", "per_kind": {kind: accuracy}, "n_per_kind", "batch_top1",
         "mean_cosine_true", "mean_cosine_negative"}``.
     """
-    data_cfg = DataConfig(resolution=scorer.config.resolution, num_workers=0, shuffle_buffer=0)
-    stream = scorer_dataset(source, data_cfg, tokenizer=tokenizer, batch_size=batch_size, train=False, seed=seed)
-    report = accuracy_from_batches(scorer, stream, max_images=max_images, device=device)
+    batches = shard_batches(tokenizer, source, resolution=scorer.config.resolution, batch_size=batch_size, seed=seed)
+    report = accuracy_from_batches(scorer, batches, max_images=max_images, device=device)
     return {**report, "batch_size": batch_size}
+
+
+def _batched(items: Iterable[ScorerSample], collate: ScorerCollate, batch_size: int) -> Iterator[dict]:
+    """Batches of ``batch_size`` samples, the last one possibly smaller."""
+    batch: list[ScorerSample] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield collate(batch, {})
+            batch = []
+    if batch:
+        yield collate(batch, {})
+
+
+def shard_batches(tokenizer: TextTokenizer, source: Any, *, resolution: int, batch_size: int,
+                  seed: int = 0) -> Iterator[dict]:
+    """Scorer batches of the samples of ``source``, read once in order (bad samples skipped).
+
+    They are the batches of the scorer's validation stream (``train.data.scorer_data.scorer_dataset``
+    with ``train=False``): the same decode, and the same negatives, whose sample seed in a one-pass
+    stream is ``"{seed}-0-0"`` (epoch 0, rank 0).
+
+    Raises:
+        ValueError: no shard matches ``source``, or none of its samples is usable.
+    """
+    urls = expand_sources(source)
+    counter = SkipCounter()
+    decode = ScorerSampleDecoder(SampleSettings(resolution=resolution), counter, sample_seed=f"{seed}-0-0")
+    n = 0
+    for batch in _batched(filter(None, map(decode, read_samples(urls, counter))), ScorerCollate(tokenizer),
+                          batch_size):
+        n += len(batch["keys"])
+        yield batch
+    if n == 0:
+        raise ValueError(f"no usable sample in {len(urls)} shard(s) (skipped: {dict(counter.counts)})")
 
 
 def render_batches(tokenizer: TextTokenizer, samples: Iterable[tuple[Image.Image, str, dict]], *,
                    batch_size: int, seed: int = 0) -> Iterator[dict]:
     """Scorer batches (as the shards give them) of in-memory renders ``(image, caption, truth)``."""
-    collate = ScorerCollate(tokenizer)
-    items: list[ScorerSample] = []
-    for i, (image, caption, truth) in enumerate(samples):
+
+    def item(i: int, image: Image.Image, caption: str, truth: dict) -> ScorerSample:
         key = f"render{i:09d}"
         pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
         negs = hard_negatives(caption, truth, negatives_rng(str(seed), key))[:NEG_SLOTS]
-        items.append(ScorerSample(key=key, caption=caption, image=pixels, negatives=negs))
-        if len(items) == batch_size:
-            yield collate(items, {})
-            items = []
-    if items:
-        yield collate(items, {})
+        return ScorerSample(key=key, caption=caption, image=pixels, negatives=negs)
+
+    items = (item(i, *sample) for i, sample in enumerate(samples))
+    yield from _batched(items, ScorerCollate(tokenizer), batch_size)
 
 
 def synthetic_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, *, n: int = 200, seed: int = 0,
@@ -134,7 +166,7 @@ def accuracy_from_batches(scorer: ImageTextScorer, batches: Iterable[dict], *, m
         if n >= max_images:
             break
     if n == 0:
-        raise ValueError(f"no usable sample in {source}")
+        raise ValueError("no usable sample")
     return {"n": n, "n_with_negatives": n_neg, "accuracy": wins / n_neg if n_neg else None,
             "per_kind": {k: kind_wins[k] / kind_n[k] for k in sorted(kind_n)}, "n_per_kind": dict(sorted(kind_n.items())),
             "batch_top1": top1 / top1_n if top1_n else None,

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes")
     p.add_argument("--batch-size", type=int, default=16, help="sampling batch")
     p.add_argument("--train-batch", type=int, default=16, help="samples per optimizer step of the run")
     a = p.parse_args(argv)
@@ -58,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
     batch = a.train_batch
     cache = a.out / "learning_curve.json"       # checkpoints evaluated by an earlier call are not redone
-    done = {pt["step"]: pt for pt in json.loads(cache.read_text())["eval"]} if cache.is_file() else {}
+    # (a cache of another temperature or top-k is not reused)
+    settings = {"n": a.n, "temperature": a.temperature, "top_k": a.top_k}
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    done = {pt["step"]: pt for pt in cached["eval"]} if cached.get("settings") == settings else {}
     points = []
     for ckpt in sorted(a.curve.glob("step*.ckpt")):
         model, info = model_from_checkpoint(ckpt, dalle_config)
@@ -69,15 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = save_bundle(Path(tmp) / "bundle", model=model, vqvae=image_tokenizer, tokenizer_path=a.tokenizer)
             res = run_eval(bundle, Path(tmp) / "eval", n=a.n, temperatures=(a.temperature,), ks=(1,),
-                           candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False,
+                           candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False, top_k=a.top_k,
                            n_recon=8, n_scorer_check=20)
         summary = res["temperatures"][str(a.temperature)]["summary"]
         points.append({"step": step, "samples": step * batch,
                        **{part: s["pass@k"]["1"] for part, s in summary.items()}})
         print(points[-1], flush=True)
+    points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
     losses = val_losses(a.run_dir)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "learning_curve.json").write_text(json.dumps({"val": losses, "eval": points}, indent=2) + "\n")
+    (a.out / "learning_curve.json").write_text(json.dumps({"settings": settings, "val": losses, "eval": points}, indent=2) + "\n")
     tmp = Path(tempfile.mkdtemp())
     try:
         ymax = max(r["val/loss"] for r in losses) * 1.1
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                           ylabel="loss", ymax=ymax)
         parts = [k for k in points[0] if k not in ("step", "samples")] if points else []
         right = plot_lines({part: [(pt["samples"], pt[part]) for pt in points] for part in parts},
-                           tmp / "pass.png", title=f"pass@1 at T={a.temperature} (n={a.n})",
+                           tmp / "pass.png", title=f"pass@1 at T={a.temperature}" + (f", top-k {a.top_k}" if a.top_k else "") + f" (n={a.n})",
                            xlabel="samples seen", ylabel="pass@1")
         save_png_atomic(make_grid([Image.open(left), Image.open(right)], ncol=2), a.out / "learning_curve.png")
     finally:

@@ -96,6 +96,7 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> Starlette:
         return JSONResponse({"model": info.name, "resolution": info.resolution, "image_grid": info.image_grid,
                              "text_len": info.text_len, "limits": limits.public(),
                              "defaults": {"n": 4, "seed": 0, "temperature": 1.0, "guidance": 1.0,
+                                          **{k: v for k, v in info.sampling.items() if v is not None},
                                           "keep_rows": info.image_grid // 2, "keep_fraction": 0.5}})
 
     async def api_generate(request: Request) -> Response:
@@ -107,7 +108,7 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> Starlette:
             return _error("the request body must be a JSON object", 400)
         try:
             prompts = parse_prompts(body.get("prompts"), limits)
-            opts = sampling_options(body, limits)
+            opts = sampling_options(body, limits, info.sampling)
         except RequestError as e:
             return _error(e.message, e.status)
         settings = {**opts, "model": info.name}
@@ -136,7 +137,7 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> Starlette:
                 raise RequestError("no image: choose an image file to edit")
             data = await upload.read(limits.max_upload_bytes + 1)
             prompt = " ".join(parse_prompts(form.get("prompt"), limits))   # one caption, even over lines
-            opts = sampling_options(form, limits)
+            opts = sampling_options(form, limits, info.sampling)
             keep_rows, keep_fraction = parse_keep(form, info.image_grid)
             image = decode_upload(data, limits, info.resolution)
         except RequestError as e:

@@ -85,18 +85,23 @@ def _float(form: Mapping[str, Any], key: str, label: str, *, default: float | No
     return number
 
 
-def sampling_options(form: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
-    """n, seed and the sampling options of a request, checked; raises :class:`RequestError`."""
+def sampling_options(form: Mapping[str, Any], limits: Limits,
+                     recommended: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """n, seed and the sampling options of a request, checked; raises :class:`RequestError`.
+
+    Temperature, top-k, top-p and guidance the request leaves out are the model's ``recommended``
+    ones (``Dalle.sampling``), else 1, off, off and 1."""
+    rec = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance": 1.0, **(recommended or {})}
     n = _int(form, "n", "n (images per prompt)", default=4, lo=1, hi=limits.max_n)
     seed = _int(form, "seed", "seed", default=0, lo=0, hi=MAX_SEED)
-    temperature = _float(form, "temperature", "temperature", default=1.0)
+    temperature = _float(form, "temperature", "temperature", default=rec["temperature"])
     if temperature <= 0:
         raise RequestError(f"temperature must be > 0, got {temperature:g}")
-    top_k = _int(form, "top_k", "top-k", default=None, lo=1)
-    top_p = _float(form, "top_p", "top-p", default=None)
+    top_k = _int(form, "top_k", "top-k", default=rec["top_k"], lo=1)
+    top_p = _float(form, "top_p", "top-p", default=rec["top_p"])
     if top_p is not None and not 0 < top_p <= 1:
         raise RequestError(f"top-p must be in (0, 1], got {top_p:g}")
-    guidance = _float(form, "guidance", "guidance", default=1.0)
+    guidance = _float(form, "guidance", "guidance", default=rec["guidance"])
     if guidance < 0:
         raise RequestError(f"guidance must be >= 0, got {guidance:g}")
     candidates = _int(form, "candidates", "candidates", default=None, lo=1, hi=limits.max_candidates)
@@ -144,17 +149,16 @@ _REASONS = {"empty_image": "the uploaded file is empty",
 def decode_upload(data: bytes, limits: Limits, resolution: int) -> Image.Image:
     """Uploaded bytes -> the RGB image the model sees (resolution x resolution), or :class:`RequestError`.
 
-    Goes through the training decoder (``train.data.decode``): the same pixel-count guard,
+    Goes through the training decoder (``common.image_decode``): the same pixel-count guard,
     read from the header before any pixel is decoded, the same alpha compositing and crop.
     """
-    from train.config import DataConfig
-    from train.data.decode import SkipSample, decode_image_uint8
+    from common.image_decode import DecodeSettings, SkipSample, decode_image_uint8
 
     if len(data) > limits.max_upload_bytes:
         raise RequestError(f"upload is {len(data) / 2**20:.1f} MiB: at most {limits.max_upload_bytes / 2**20:g} MiB",
                            status=413)
     try:
-        pixels = decode_image_uint8(data, DataConfig(max_pixels=limits.max_pixels, min_size=1),
+        pixels = decode_image_uint8(data, DecodeSettings(max_pixels=limits.max_pixels, min_size=1),
                                     resolution=resolution)                  # (3, R, R) uint8
     except SkipSample as e:
         if e.reason == "too_large":

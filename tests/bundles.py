@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from dalle.bundle import save_bundle
+from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
-from dalle.tokenizer import EOT
+from tests.helpers import write_bpe
 from train.config import load_preset
 from vqvae.model import DiscreteVAE
 
@@ -16,20 +16,24 @@ CORPUS = ["a red cube on a table", "a blue sphere in the sky", "two green cats",
           "an orange dog running on the grass"] * 4
 
 
-def save_tiny_bundle(root: Path) -> Path:
-    """Write a ``tiny`` bundle (16 px images, 4x4 codes out of 32, 8 caption tokens) to ``root/tiny``."""
-    preset = load_preset("tiny")
-    root.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=100, special_tokens=[EOT]))
-    tok.save(str(root / "tokenizer.json"))
-    torch.manual_seed(0)
-    model = DalleTransformer(preset.dalle).eval()
+def random_transformer(cfg: DalleConfig) -> DalleTransformer:
+    """A transformer (eval mode) whose weight matrices are N(0, 0.3): random, but its samples are far
+    from uniform, so they differ by prompt and seed."""
+    model = DalleTransformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.3)
+    return model
+
+
+def save_tiny_bundle(root: Path) -> Path:
+    """Write a ``tiny`` bundle (16 px images, 4x4 codes out of 32, 8 caption tokens) to ``root/tiny``."""
+    preset = load_preset("tiny")
+    root.mkdir(parents=True, exist_ok=True)
+    write_bpe(root / "tokenizer.json", CORPUS)
+    torch.manual_seed(0)
+    model = random_transformer(preset.dalle)
     vqvae = DiscreteVAE(preset.vqvae).eval()
     return save_bundle(root / "tiny", model=model, vqvae=vqvae, tokenizer_path=root / "tokenizer.json",
                        meta={"preset": "tiny"})

@@ -1,4 +1,4 @@
-"""Shared test helpers: random captions and images, shard writing."""
+"""Shared test helpers: random captions and images, shard writing, a tiny BPE."""
 from __future__ import annotations
 
 import io
@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from common.image_decode import decode_image_uint8, to_float
 from common.shards import ShardWriter
+from dalle.tokenizer import EOT
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 SHAPES = ["square", "circle", "triangle", "star"]
@@ -17,6 +20,21 @@ SHAPES = ["square", "circle", "triangle", "star"]
 def random_caption(rng: random.Random) -> str:
     """A short caption from a small vocabulary."""
     return f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)} on a {rng.choice(COLOURS)} background"
+
+
+def decode_image(data: bytes | None, cfg, **kwargs):
+    """:func:`common.image_decode.decode_image_uint8` as floats in [0, 1] (3, R, R)."""
+    return to_float(decode_image_uint8(data, cfg, **kwargs))
+
+
+def write_bpe(path: str | Path, corpus: list[str], vocab_size: int = 100) -> Path:
+    """Train a small BPE on ``corpus`` (whitespace pre-tokenizer, the one special token ``EOT``) and
+    save it to ``path`` (a ``tokenizer.json``); returns ``path``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT]))
+    tok.save(str(path))
+    return Path(path)
 
 
 def encode_image(img: Image.Image, fmt: str) -> bytes:

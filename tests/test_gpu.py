@@ -20,6 +20,7 @@ import torch
 from dalle.model import DalleTransformer
 from dalle.sampler import sample
 from dalle.tokenizer import null_tokens
+from tests.bundles import random_transformer
 from train.config import load_preset
 
 pytestmark = [pytest.mark.gpu,
@@ -32,12 +33,7 @@ BF16_MEAN_ATOL = 0.02
 def cuda_model(seed: int = 0) -> DalleTransformer:
     cfg = load_preset("tiny", ["dalle.conv_kernel=3"]).dalle
     torch.manual_seed(seed)
-    model = DalleTransformer(cfg).eval()
-    with torch.no_grad():   # larger weights than the init: distinct, non-uniform distributions
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model.cuda()
+    return random_transformer(cfg).cuda()   # larger weights than the init: distinct, non-uniform distributions
 
 
 def captions(model: DalleTransformer, B: int, seed: int = 0) -> torch.Tensor:

@@ -242,3 +242,25 @@ def clean_orphans(out_dir: str | Path) -> list[Path]:
         log.info("removed %d file(s) left by an interrupted run: %s", len(removed),
                  ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
     return removed
+
+
+def check_resumable(checkpoint: dict[str, Any], *, tokenizer_sha256: str | None, config: Any,
+                    what: str) -> None:
+    """Refuse to resume a text-conditioned stage (transformer, scorer) from another run's checkpoint.
+
+    Args:
+        checkpoint: the Lightning checkpoint being loaded.
+        tokenizer_sha256: this run's tokenizer (None: not checked).
+        config: this run's model config; the checkpoint's is ``hyper_parameters[f"{what}_config"]``.
+        what: ``"dalle"`` or ``"scorer"``.
+    Raises:
+        ValueError: another tokenizer, or another model config.
+    """
+    saved = checkpoint.get("tokenizer_sha256")
+    if saved is not None and tokenizer_sha256 is not None and saved != tokenizer_sha256:
+        raise ValueError(f"checkpoint was trained with tokenizer sha256 {saved[:12]}, but this run's "
+                         f"tokenizer is {tokenizer_sha256[:12]}: use the original tokenizer.json")
+    saved_cfg = (checkpoint.get("hyper_parameters") or {}).get(f"{what}_config")
+    if saved_cfg is not None and type(config).from_dict(dict(saved_cfg)) != config:
+        raise ValueError(f"checkpoint was trained with a different {what} config; "
+                         "resume with the preset it was started with")

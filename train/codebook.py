@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vqvae.metrics import code_perplexity, codebook_usage
 from vqvae.model import DiscreteVAE
 
 
@@ -82,14 +83,11 @@ class CodeUsage(nn.Module):
 
     def usage(self) -> torch.Tensor:
         """Fraction of the codebook that occurs in the window (0-dim tensor)."""
-        return (self.counts() > 0).float().mean()
+        return codebook_usage(self.counts())
 
     def perplexity(self) -> torch.Tensor:
         """exp(entropy) of the code distribution in the window, in [1, vocab_size] (0 if empty)."""
-        counts = self.counts()
-        p = counts / counts.sum().clamp_min(1.0)
-        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
-        return torch.where(counts.sum() > 0, entropy.exp(), torch.zeros_like(entropy))
+        return code_perplexity(self.counts())
 
     def n_dead(self) -> torch.Tensor:
         """Number of codes absent from the window (0-dim tensor)."""

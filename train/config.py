@@ -90,6 +90,8 @@ class TrainConfig:
             raise ValueError("batch_size, max_steps and grad_accum must be positive")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if isinstance(self.precision, int) and not isinstance(self.precision, bool):
+            self.precision = str(self.precision)      # `--set dalle_train.precision=32` reads as a number
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
@@ -124,6 +126,9 @@ class VQVAETrainConfig(TrainConfig):
             raise ValueError("usage_window must be positive")
 
 
+CODE_INITS = ("random", "codebook")
+
+
 @dataclass
 class DalleTrainConfig(TrainConfig):
     """Transformer training: loss weights, caption dropout, token shards."""
@@ -135,10 +140,15 @@ class DalleTrainConfig(TrainConfig):
     token_shards: list[str] = field(default_factory=list)  # precomputed (default data path)
     on_the_fly: bool = False             # tokenise images with the frozen VQVAE instead
     sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))  # drawn every image_every
+    # how a fresh run starts the image-code embedding and head: "random" (GPT-2 init) or "codebook"
+    # (from what each code looks like: DalleTransformer.init_image_codes; needs a PatchVQ)
+    code_init: str = "random"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.token_shards = list(self.token_shards)
+        if self.code_init not in CODE_INITS:
+            raise ValueError(f"code_init must be one of {CODE_INITS}, got {self.code_init!r}")
         if not 0.0 <= self.text_loss_weight <= 1.0:
             raise ValueError("text_loss_weight must be in [0, 1]")
         if not 0.0 <= self.caption_dropout < 1.0:

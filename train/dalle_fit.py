@@ -222,6 +222,13 @@ def fit_dalle(preset: Preset | str, out_dir: str | Path, *, tokenizer_path: str 
             module.configure_model()
             module.model.load_state_dict(state, strict=True)
             log.info("starting from the transformer weights of %s", init_from)
+        elif cfg.code_init == "codebook":
+            if vqvae is None or not hasattr(vqvae, "code_vectors"):
+                raise ValueError("dalle_train.code_init=codebook needs vqvae_dir with a PatchVQ image tokenizer "
+                                 "(its codes' pixels start the code embeddings)")
+            module.configure_model()
+            module.model.init_image_codes(vqvae.code_vectors(), seed=cfg.seed)
+            log.info("image-code embeddings start from the codebook of %s", vqvae_dir)
     resume_step = verify(ckpt)[0] if ckpt is not None else 0
     extra: list[L.Callback] = []
     if vqvae is not None and cfg.image_every > 0 and cfg.sample_prompts:

@@ -30,8 +30,10 @@ from dalle.bundle import check_compatible
 from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
+from train.checkpoints import check_resumable
 from train.config import DalleTrainConfig
-from train.optim import build_optimizer, build_scheduler
+from train.frozen import hold
+from train.optim import NonFiniteSteps, build_optimizer, optimizer_config
 from vqvae.registry import load_image_tokenizer
 
 log = logging.getLogger(__name__)
@@ -134,9 +136,8 @@ class DalleModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.register_buffer("null_tokens", null_text_tokens(self.config), persistent=False)  # (1, text_len)
         self._tokenizer = None
-        self._vqvae: list[torch.nn.Module] = []  # kept out of state_dict, optimizer and DDP
-        self.nonfinite_total = 0
-        self.nonfinite_streak = 0
+        hold(self, "_vqvae", None)               # kept out of state_dict, optimizer and DDP
+        self.nonfinite = NonFiniteSteps()
         self.skipped: collections.Counter[str] = collections.Counter()
         self._times: collections.deque = collections.deque(maxlen=max(2, self.train_config.log_every + 1))
 
@@ -166,22 +167,20 @@ class DalleModule(L.LightningModule):
 
     def vqvae(self, device: torch.device) -> torch.nn.Module:
         """The frozen VQVAE (loaded on first use from ``vqvae_dir``), on ``device``."""
-        if not self._vqvae:
+        if self._vqvae is None:
             path = self.hparams["vqvae_dir"]
             if path is None:
                 raise ValueError("batch holds images but the module was given no vqvae_dir")
             vq = load_image_tokenizer(path).eval().requires_grad_(False)
             check_compatible(self.config, vq.config)
-            self._vqvae.append(vq)
-        vq = self._vqvae[0]
+            hold(self, "_vqvae", vq)
+        vq = self._vqvae
         if next(vq.parameters()).device != device:
             vq.to(device)
         return vq
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.train_config)
-        scheduler = build_scheduler(optimizer, self.train_config)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(build_optimizer(self.model, self.train_config), self.train_config)
 
     # ---- batches -------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -257,34 +256,28 @@ class DalleModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self.compute_loss(batch, step=self.global_step, micro=batch_idx % self.train_config.grad_accum,
                                 rank=self.global_rank)
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True)
-        if not finite:
-            self._skip_nonfinite(out)
+        if not self.nonfinite.finite(self.trainer, out.loss):
+            self._after_nonfinite(out)
             return None                   # Lightning skips backward; grads are None, so no update
-        self.nonfinite_streak = 0
         self.log("train/loss", out.loss.detach(), prog_bar=True)
         self.log("train/text_loss", out.text_loss.detach())
         self.log("train/image_loss", out.image_loss.detach())
         return out.loss
 
-    def _skip_nonfinite(self, out: DalleLoss) -> None:
-        """Drop this step on every rank; stop with a checkpoint after ``nan_patience`` in a row."""
-        self.nonfinite_total += 1
-        self.nonfinite_streak += 1
-        for opt in self.trainer.optimizers:  # grads set to None: the optimizer step is a no-op
-            opt.zero_grad(set_to_none=True)
+    def _after_nonfinite(self, out: DalleLoss) -> None:
+        """Report a dropped step; stop with a checkpoint after ``nan_patience`` in a row."""
         log.warning("non-finite loss at step %d (text %.4g, image %.4g): step skipped (%d in a row, %d total)",
                     self.global_step, float(out.text_loss.detach()), float(out.image_loss.detach()),
-                    self.nonfinite_streak, self.nonfinite_total)
-        self.log("train/nonfinite_steps", float(self.nonfinite_total))
+                    self.nonfinite.streak, self.nonfinite.total)
+        self.log("train/nonfinite_steps", float(self.nonfinite.total))
         patience = self.train_config.nan_patience
-        if patience > 0 and self.nonfinite_streak >= patience:
+        if patience > 0 and self.nonfinite.streak >= patience:
             root = Path(self.hparams["out_dir"] or self.trainer.default_root_dir)
             path = root / "checkpoints" / f"nonfinite-step{self.global_step:08d}.ckpt"
             self.trainer.save_checkpoint(path)
             log.error("stopping: %d consecutive non-finite losses (nan_patience=%d); last finite weights "
                       "saved to %s. Lower the learning rate or check the data before resuming.",
-                      self.nonfinite_streak, patience, path)
+                      self.nonfinite.streak, patience, path)
             self.trainer.should_stop = True
 
     # ---- throughput and data-skip logging ------------------------------------------
@@ -297,7 +290,7 @@ class DalleModule(L.LightningModule):
             if t1 > t0:
                 self.log("train/tokens_per_s", (n1 - n0) / (t1 - t0))
         if self.trainer.global_step % max(1, self.train_config.log_every) == 0:
-            self.log("train/nonfinite_steps", float(self.nonfinite_total))
+            self.log("train/nonfinite_steps", float(self.nonfinite.total))
             for reason, count in self._global_skips().items():
                 self.log(f"data/skipped_{reason}", float(count))
 
@@ -313,18 +306,11 @@ class DalleModule(L.LightningModule):
     # ---- checkpoints ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer_sha256"] = self.tokenizer_sha256
-        checkpoint["dalle_train_state"] = {"nonfinite_total": self.nonfinite_total,
+        checkpoint["dalle_train_state"] = {"nonfinite_total": self.nonfinite.total,
                                            "skipped": dict(self.skipped)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("tokenizer_sha256")
-        if saved is not None and self.tokenizer_sha256 is not None and saved != self.tokenizer_sha256:
-            raise ValueError(f"checkpoint was trained with tokenizer sha256 {saved[:12]}, but this run's "
-                             f"tokenizer is {self.tokenizer_sha256[:12]}: use the original tokenizer.json")
-        saved_cfg = (checkpoint.get("hyper_parameters") or {}).get("dalle_config")
-        if saved_cfg is not None and DalleConfig.from_dict(dict(saved_cfg)) != self.config:
-            raise ValueError("checkpoint was trained with a different dalle config; "
-                             "resume with the preset it was started with")
+        check_resumable(checkpoint, tokenizer_sha256=self.tokenizer_sha256, config=self.config, what="dalle")
         state = checkpoint.get("dalle_train_state") or {}
-        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.nonfinite.total = int(state.get("nonfinite_total", 0))
         self.skipped = collections.Counter(state.get("skipped", {}))

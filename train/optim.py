@@ -1,9 +1,12 @@
-"""Optimizer and learning-rate schedule for the transformer.
+"""Optimizers and the learning-rate schedule of every training stage.
 
-AdamW with weight decay on matmul weights only (``nn.Linear`` / conv kernels);
-norms, biases and embeddings (including anything tied to an embedding) are
-never decayed. The schedule is :func:`train.schedules.warmup_cosine`, stepped
-once per optimizer step.
+AdamW. The transformer and the scorer (:func:`build_optimizer`) decay matmul weights
+only (``nn.Linear`` / conv kernels); norms, biases and embeddings (including anything
+tied to an embedding) are never decayed. The image tokenizers (:func:`ndim_groups`)
+decay every tensor of two or more dimensions. The schedule is
+:func:`train.schedules.warmup_cosine`, stepped once per optimizer step
+(:func:`optimizer_config`, what ``configure_optimizers`` returns). A step whose loss is
+not finite is dropped on every rank (:class:`NonFiniteSteps`).
 """
 from __future__ import annotations
 
@@ -53,6 +56,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             {"params": list(no_decay.values()), "weight_decay": 0.0, "name": "no_decay"}]
 
 
+def ndim_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The image tokenizers' AdamW groups: trainable tensors of 2+ dimensions decayed, the others
+    (biases) not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def _fast_kwargs(params: list[torch.Tensor]) -> dict[str, bool]:
     """``fused=True`` when every parameter is a dense floating CUDA tensor, else ``foreach``."""
     sig = inspect.signature(torch.optim.AdamW).parameters
@@ -83,3 +94,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     fn = functools.partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                            min_lr_ratio=cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+class NonFiniteSteps:
+    """Counts the training steps dropped because their loss was not finite on some rank.
+
+    A dropped step returns no loss from ``training_step`` (Lightning skips the backward) and
+    its gradients are set to None, so the optimizer step changes nothing, even after
+    gradients were accumulated; every rank drops it, so they stay in step.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0       # steps dropped in this run (a module restores it on resume)
+        self.streak = 0      # dropped in a row, up to the current step
+
+    def finite(self, trainer: Any, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank; if not, the step is dropped and counted."""
+        if trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            self.streak = 0
+            return True
+        self.total += 1
+        self.streak += 1
+        for opt in trainer.optimizers:  # grads set to None: the optimizer step is a no-op
+            opt.zero_grad(set_to_none=True)
+        return False
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> dict[str, Any]:
+    """What ``LightningModule.configure_optimizers`` returns: ``optimizer`` and its
+    :func:`build_scheduler` schedule, stepped once per optimizer step."""
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": build_scheduler(optimizer, cfg), "interval": "step"}}

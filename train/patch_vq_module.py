@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from train.vqvae_module import VQVAEModule
-from vqvae.losses import psnr
+from vqvae.metrics import psnr
 from vqvae.patch_vq import PatchVQ
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from common.scorer_batches import MAX_CHARS, N_CELL_CLASSES, N_CHAR_CLASSES, N_COUNT_CLASSES, N_RELATION_CLASSES
 from dalle.scorer import ImageTextScorer, ScorerConfig
+from train.checkpoints import check_resumable
 from train.config import ScorerTrainConfig
-from train.data.scorer_data import MAX_CHARS, N_CELL_CLASSES, N_CHAR_CLASSES, N_COUNT_CLASSES, N_RELATION_CLASSES
-from train.optim import build_optimizer, build_scheduler
+from train.optim import NonFiniteSteps, build_optimizer, optimizer_config
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class ScorerModule(L.LightningModule):
                 "text_relation": lambda: torch.nn.Linear(d, N_RELATION_CLASSES + N_CELL_CLASSES)}
         self.aux_heads = torch.nn.ModuleDict({name: make[name]() for name in heads})   # built in the listed order
         self.skipped: collections.Counter[str] = collections.Counter()
+        self.nonfinite = NonFiniteSteps()
 
     @property
     def aux_grid(self) -> int | None:
@@ -137,9 +139,7 @@ class ScorerModule(L.LightningModule):
         return self.config.pool_grid if self.aux else None
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self, self.train_config)
-        scheduler = build_scheduler(optimizer, self.train_config)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(build_optimizer(self, self.train_config), self.train_config)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """On CPU: count the skips the loader reports and drop what the device does not need."""
@@ -187,7 +187,7 @@ class ScorerModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self.compute_loss(batch)
-        if not torch.isfinite(out.loss):
+        if not self.nonfinite.finite(self.trainer, out.loss):
             log.warning("non-finite scorer loss at step %d: step skipped", self.global_step)
             return None
         self.log("train/loss", out.loss.detach(), prog_bar=True)
@@ -210,14 +210,7 @@ class ScorerModule(L.LightningModule):
         checkpoint["scorer_train_state"] = {"skipped": dict(self.skipped)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("tokenizer_sha256")
-        if saved is not None and self.tokenizer_sha256 is not None and saved != self.tokenizer_sha256:
-            raise ValueError(f"checkpoint was trained with tokenizer sha256 {saved[:12]}, but this run's "
-                             f"tokenizer is {self.tokenizer_sha256[:12]}: use the original tokenizer.json")
-        saved_cfg = (checkpoint.get("hyper_parameters") or {}).get("scorer_config")
-        if saved_cfg is not None and ScorerConfig.from_dict(dict(saved_cfg)) != self.config:
-            raise ValueError("checkpoint was trained with a different scorer config; "
-                             "resume with the preset it was started with")
+        check_resumable(checkpoint, tokenizer_sha256=self.tokenizer_sha256, config=self.config, what="scorer")
         self.skipped = collections.Counter((checkpoint.get("scorer_train_state") or {}).get("skipped", {}))
 
     def export(self, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:

@@ -18,15 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import webdataset as wds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from common.image_decode import SkipSample
+from common.samples import CAPTION_EXT, SkipCounter, decode_caption, find_image, read_samples
+from common.shards import expand_sources
 from dalle.atomic import atomic_write
 from dalle.tokenizer import EOT, SPELL_TOKENS, normalize_caption, plain_text
 from train.config import DataConfig
-from train.data.decode import CAPTION_EXT, SkipCounter, SkipSample, decode_caption, find_image
-from train.data.loader import _CountingHandler
-from common.shards import expand_sources
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +82,14 @@ def captions_from_shards(sources: Any, data_cfg: DataConfig, *, limit: int | Non
                          counter: SkipCounter | None = None) -> Iterator[str]:
     """Captions of the samples in ``sources`` that have an image (images are not decoded).
 
-    Captions go through :func:`train.data.decode.decode_caption` (UTF-8, normalised,
+    Captions go through :func:`common.samples.decode_caption` (UTF-8, normalised,
     case kept, empty ones skipped), so the tokenizer sees what
     training sees. Skips are counted in ``counter``.
     """
     counter = counter if counter is not None else SkipCounter()
     urls = expand_sources(sources)
     n = 0
-    for sample in wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter)):
+    for sample in read_samples(urls, counter):
         if find_image(sample) is None:
             counter.add("no_image")
             continue

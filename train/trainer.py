@@ -128,10 +128,25 @@ def _save_synced(checkpoint: dict[str, Any], path: str) -> None:
         os.fsync(f.fileno())
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX); False when unknown."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16-mixed on CUDA, fp32 on CPU; other values pass through."""
+    """``auto`` -> bf16-mixed on CUDA, fp32 on CPU; other values pass through.
+
+    bf16 asked for on a CPU without native bfloat16 arithmetic is warned about: emulated, it ran
+    25x slower than fp32 on one AVX2 core (``bench/bench_dalle_train.py``, BENCHMARKS.md).
+    """
     if precision == "auto":
         return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    if precision.startswith("bf16") and not torch.cuda.is_available() and not cpu_has_bf16():
+        log.warning("precision %s on a CPU without native bfloat16 (no AVX-512 BF16 / AMX): bfloat16 is "
+                    "emulated and far slower than fp32 here; use precision 32 (or auto)", precision)
     return "32-true" if precision == "32" else precision
 
 

@@ -75,7 +75,7 @@ def fit_vqvae(preset: Preset, out_dir: Path, *, train_shards: list[str] | None =
         module.model.load_state_dict(start.state_dict())
         log.info("starting from the weights of %s", init_from)
     if ckpt is not None:
-        log.info("resuming dVAE training from %s", ckpt)
+        log.info("resuming image-tokenizer training from %s", ckpt)
         prune_older(out_dir, ckpt)
     trainer = build_trainer(cfg, out_dir, callbacks=callbacks, enable_progress_bar=enable_progress_bar,
                             resume_step=verify(ckpt)[0] if ckpt is not None else 0, **(trainer_kwargs or {}))
@@ -86,7 +86,8 @@ def fit_vqvae(preset: Preset, out_dir: Path, *, train_shards: list[str] | None =
         module.export(export_dir)
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        log.info("%s", summary_paragraph(trainer, "dVAE", f"the exported tokenizer {export_dir} (dalle tokens / "
+        name = "PatchVQ" if isinstance(vqvae_cfg, PatchVQConfig) else "dVAE"
+        log.info("%s", summary_paragraph(trainer, name, f"the exported tokenizer {export_dir} (dalle tokens / "
                                          f"dalle train --vqvae {export_dir})",
                                          losses=("train/loss", "train/recon", "train/psnr_hard")))
     return export_dir

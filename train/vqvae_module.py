@@ -27,61 +27,48 @@ from torchvision.utils import make_grid
 from dalle.images import save_recon_grid
 from train.codebook import CodeUsage, restart_dead_codes
 from train.config import VQVAETrainConfig
+from train.frozen import hold
 from train.monitor import log_image
-from train.schedules import warmup_cosine
+from train.optim import ndim_groups, optimizer_config
 from vqvae.config import VQVAEConfig
-from vqvae.losses import elbo_loss, kl_uniform, psnr, reconstruction_loss
+from vqvae.losses import elbo_loss, kl_uniform
+from vqvae.metrics import psnr
 from vqvae.model import DiscreteVAE
 from vqvae.relaxation import one_hot_channels
 
 log = logging.getLogger(__name__)
 
-TEMPERATURE_SCHEDULE = "exponential"
-KL_SCHEDULE = "cosine"
 GRID_IMAGES = 8
 
 
 # ---- schedules (pure functions) -------------------------------------------------------------
-def temperature_at(step: int, *, start: float, end: float, anneal_steps: int,
-                   kind: str = TEMPERATURE_SCHEDULE) -> float:
-    """Relaxation temperature at ``step``: from ``start`` to ``end`` over ``anneal_steps``, then flat.
+def temperature_at(step: int, *, start: float, end: float, anneal_steps: int) -> float:
+    """Relaxation temperature at ``step``: from ``start`` to ``end`` over ``anneal_steps`` (geometric
+    interpolation), then flat.
 
     Args:
         step: optimizer step (0-based).
         start, end: temperatures, ``0 < end <= start``.
         anneal_steps: length of the anneal (<= 0: always ``end``).
-        kind: ``"exponential"`` (geometric interpolation) or ``"cosine"``.
     """
-    if kind not in ("exponential", "cosine"):
-        raise ValueError(f"temperature schedule must be 'exponential' or 'cosine', got {kind!r}")
     if anneal_steps <= 0:
         return end
     t = min(max(step, 0) / anneal_steps, 1.0)
-    if kind == "exponential":
-        return start * (end / start) ** t
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return start * (end / start) ** t
 
 
-def kl_weight_at(step: int, *, kl_weight: float, warmup_steps: int, kind: str = KL_SCHEDULE) -> float:
-    """KL weight at ``step``: from 0 to ``kl_weight`` over ``warmup_steps``, then flat.
+def kl_weight_at(step: int, *, kl_weight: float, warmup_steps: int) -> float:
+    """KL weight at ``step``: from 0 to ``kl_weight`` over ``warmup_steps`` (a half cosine), then flat.
 
     Args:
         step: optimizer step (0-based).
         kl_weight: the final weight (beta).
         warmup_steps: length of the warm-up (<= 0: always ``kl_weight``).
-        kind: ``"linear"`` or ``"cosine"``.
     """
-    if kind not in ("linear", "cosine"):
-        raise ValueError(f"KL schedule must be 'linear' or 'cosine', got {kind!r}")
     if warmup_steps <= 0:
         return kl_weight
     t = min(max(step, 0) / warmup_steps, 1.0)
-    return kl_weight * (t if kind == "linear" else 0.5 * (1.0 - math.cos(math.pi * t)))
-
-
-def save_grid_atomic(images: torch.Tensor, reconstructions: torch.Tensor, path: Path) -> Path:
-    """Write originals (top row) over reconstructions (bottom row) as one PNG, atomically."""
-    return save_recon_grid(images, reconstructions, path)
+    return kl_weight * 0.5 * (1.0 - math.cos(math.pi * t))
 
 
 def recon_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -108,7 +95,7 @@ class VQVAEModule(L.LightningModule):
         self.codes_restarted = 0
         self._features: torch.Tensor | None = None
         self._last_grid_step = -1
-        object.__setattr__(self, "_forward", self.model)   # not a submodule (see configure_model)
+        hold(self, "_forward", self.model)   # not a submodule (see configure_model)
         self.n_pixel_dims = vqvae_cfg.in_channels * vqvae_cfg.resolution ** 2
         self.n_positions = vqvae_cfg.grid_size ** 2
 
@@ -116,17 +103,12 @@ class VQVAEModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.train_cfg.compile and self._forward is self.model:
             # Not registered as a submodule: the state_dict keeps the plain model's keys.
-            object.__setattr__(self, "_forward", torch.compile(self.model))
+            hold(self, "_forward", torch.compile(self.model))
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.train_cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]   # biases
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(
-            step, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = torch.optim.AdamW(ndim_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        return optimizer_config(opt, cfg)
 
     # ---- schedules at the current step ------------------------------------------------------
     def temperature(self) -> float:
@@ -147,7 +129,7 @@ class VQVAEModule(L.LightningModule):
         images = batch["images"]                                      # (B, 3, R, R) in [0, 1]
         temperature, kl_w = self.temperature(), self.kl_weight()
         out = self._forward(images, temperature)
-        recon = reconstruction_loss(self.vqvae_cfg.likelihood, images, out.params)
+        recon = self.model.likelihood.nll(images, out.params)
         kl = kl_uniform(out.logits)
         terms = elbo_loss(recon, kl, kl_w, n_pixel_dims=self.n_pixel_dims, n_positions=self.n_positions)
 
@@ -183,7 +165,7 @@ class VQVAEModule(L.LightningModule):
         logits = self.model.code_logits(images)                      # (B, V, h, w)
         one_hot = one_hot_channels(logits.argmax(dim=1), self.vqvae_cfg.vocab_size, logits.dtype)
         params = self.model.decoder(one_hot)                          # (B, out, R, R)
-        self.log_dict({"val/recon": reconstruction_loss(self.vqvae_cfg.likelihood, images, params),
+        self.log_dict({"val/recon": self.model.likelihood.nll(images, params),
                        "val/kl": kl_uniform(logits),
                        "val/psnr": psnr(images, self.model.params_to_images(params))},
                       on_step=False, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
@@ -262,7 +244,7 @@ class VQVAEModule(L.LightningModule):
     @torch.no_grad()
     def _save_grid(self, images: torch.Tensor, step: int) -> Path:
         recon = self.model.decode(self.model.encode(images))
-        path = save_grid_atomic(images, recon, self.out_dir / "images" / f"step_{step:06d}.png")
+        path = save_recon_grid(images, recon, self.out_dir / "images" / f"step_{step:06d}.png")
         log_image(self.trainer, "images/reconstructions", recon_grid(images, recon), step)
         log.info("saved reconstructions to %s", path)
         return path

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from common.configs import config_from_dict
+from vqvae.losses import LIKELIHOODS as _LIKELIHOODS
 
-LIKELIHOODS = ("logit_laplace", "mse")
+LIKELIHOODS = tuple(_LIKELIHOODS)        # names of vqvae.losses.LIKELIHOODS
 RELAXATIONS = ("gumbel", "straight_through")
 
 

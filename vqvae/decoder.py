@@ -18,11 +18,7 @@ from torch import nn
 
 from vqvae.blocks import DECODER_KERNELS, BottleneckBlock
 from vqvae.config import VQVAEConfig
-
-
-def out_channels(cfg: VQVAEConfig) -> int:
-    """Channels the decoder predicts: (mu, log-scale) per colour for logit-Laplace, else colours."""
-    return 2 * cfg.in_channels if cfg.likelihood == "logit_laplace" else cfg.in_channels
+from vqvae.losses import pixel_likelihood
 
 
 class Decoder(nn.Module):
@@ -44,7 +40,7 @@ class Decoder(nn.Module):
             layers.append(nn.Sequential(*group))
             n_in = width
         self.blocks = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(n_in, out_channels(cfg), 1))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(n_in, pixel_likelihood(cfg.likelihood).out_channels(cfg.in_channels), 1))
 
     def embed(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Hard codes (B, h, w) int64 -> (B, n_init, h, w): the input 1x1 conv of a one-hot, as a lookup."""

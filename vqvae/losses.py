@@ -10,6 +10,10 @@ The decoder predicts ``mu`` and ``log_scale`` per pixel and colour; the mean
 of the distribution of ``logit(x)`` is ``mu``, so the reconstruction is
 ``unmap_pixels(sigmoid(mu))``. MSE is the option for plain regression.
 
+Each likelihood is one :class:`PixelLikelihood` (:data:`LIKELIHOODS`, by the name that
+``VQVAEConfig.likelihood`` holds): the channels the decoder predicts, what the encoder
+sees, the reconstruction (the distribution's mean pixel) and the loss.
+
 Normalisation of the loss: the negative ELB is a sum over pixel dimensions
 (reconstruction) and over code positions (KL), and the paper's KL weight
 beta = 6.6 refers to those sums. :func:`elbo_loss` divides that weighted sum
@@ -20,7 +24,7 @@ so ``kl_weight`` keeps the paper's meaning at every resolution.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,17 +71,63 @@ def mse_nll(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(params.float(), images.float())
 
 
-RECONSTRUCTION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "logit_laplace": logit_laplace_nll,
-    "mse": mse_nll,
-}
+class PixelLikelihood:
+    """The decoder's distribution over pixels: what it predicts, what the encoder sees, the loss."""
+
+    def out_channels(self, in_channels: int) -> int:
+        """Channels the decoder predicts for images of ``in_channels`` colours."""
+        raise NotImplementedError
+
+    def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of (B, C, R, R) images in [0, 1]."""
+        return images
+
+    def mean(self, params: torch.Tensor, in_channels: int) -> torch.Tensor:
+        """Decoder output -> (B, C, R, R) float images in [0, 1] (the distribution's mean pixel)."""
+        raise NotImplementedError
+
+    def nll(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Mean per-dimension reconstruction loss of ``images`` (B, C, R, R) in [0, 1] under ``params``."""
+        raise NotImplementedError
 
 
-def reconstruction_loss(likelihood: str, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Dispatch to the likelihood named in the config (a key of :data:`RECONSTRUCTION_LOSSES`)."""
-    if likelihood not in RECONSTRUCTION_LOSSES:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(RECONSTRUCTION_LOSSES)}")
-    return RECONSTRUCTION_LOSSES[likelihood](images, params)
+class LogitLaplace(PixelLikelihood):
+    """The paper's likelihood (see the module docstring): (mu, log_scale) per colour, mapped pixels."""
+
+    def out_channels(self, in_channels: int) -> int:
+        return 2 * in_channels
+
+    def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
+        return map_pixels(images)
+
+    def mean(self, params: torch.Tensor, in_channels: int) -> torch.Tensor:
+        return unmap_pixels(torch.sigmoid(params[:, :in_channels].float()))
+
+    def nll(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return logit_laplace_nll(images, params)
+
+
+class MSE(PixelLikelihood):
+    """Plain regression: the decoder predicts the pixels themselves."""
+
+    def out_channels(self, in_channels: int) -> int:
+        return in_channels
+
+    def mean(self, params: torch.Tensor, in_channels: int) -> torch.Tensor:
+        return params.float().clamp(0.0, 1.0)
+
+    def nll(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return mse_nll(images, params)
+
+
+LIKELIHOODS: dict[str, PixelLikelihood] = {"logit_laplace": LogitLaplace(), "mse": MSE()}
+
+
+def pixel_likelihood(name: str) -> PixelLikelihood:
+    """The likelihood named ``name`` (a key of :data:`LIKELIHOODS`)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+    return LIKELIHOODS[name]
 
 
 def kl_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -113,8 +163,3 @@ def elbo_loss(recon: torch.Tensor, kl: torch.Tensor, kl_weight: float, *,
     loss = recon + kl_weight * kl * (n_positions / n_pixel_dims)
     return LossTerms(loss, recon, kl)
 
-
-def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of per-image PSNR (dB) for images in [0, 1]."""
-    mse = (images.float() - reconstructions.float()).pow(2).flatten(1).mean(dim=1)   # (B,)
-    return (10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()

@@ -26,7 +26,7 @@ from vqvae.checks import check_images, check_tokens
 from vqvae.config import VQVAEConfig
 from vqvae.decoder import Decoder
 from vqvae.encoder import Encoder
-from vqvae.losses import map_pixels, unmap_pixels
+from vqvae.losses import pixel_likelihood
 from vqvae.relaxation import relax
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class DiscreteVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
         self.config = cfg
+        self.likelihood = pixel_likelihood(cfg.likelihood)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.reset_parameters()
@@ -60,15 +61,11 @@ class DiscreteVAE(nn.Module):
 
     # ---- helpers -------------------------------------------------------------------------
     def _encoder_input(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.encoder.head[-1].weight.dtype)
-        return map_pixels(x) if self.config.likelihood == "logit_laplace" else x
+        return self.likelihood.encoder_input(images.to(self.encoder.head[-1].weight.dtype))
 
     def params_to_images(self, params: torch.Tensor) -> torch.Tensor:
         """Decoder output -> (B, C, R, R) float images in [0, 1] (the distribution's mean pixel)."""
-        c = self.config.in_channels
-        if self.config.likelihood == "logit_laplace":
-            return unmap_pixels(torch.sigmoid(params[:, :c].float()))
-        return params.float().clamp(0.0, 1.0)
+        return self.likelihood.mean(params, self.config.in_channels)
 
     # ---- training ------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, temperature: float, *, noise: bool = True,

@@ -127,6 +127,12 @@ class PatchVQ(nn.Module):
         self.embed.weight.copy_(centroids)
         self.fitted.fill_(True)
 
+    def code_vectors(self) -> torch.Tensor:
+        """(vocab_size, patch_dim) what each code looks like: its centroid's pixels (a copy)."""
+        if not bool(self.fitted):
+            raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
+        return self.centroids.detach().clone()
+
     # ---- the two directions ----------------------------------------------------------------
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -266,6 +266,9 @@ async function init() {
   $("model-name").textContent = `model ${info.model} · ${info.resolution}px · ${info.image_grid}×${info.image_grid} codes`;
   $("keep-rows").max = info.image_grid - 1;
   $("keep-rows").value = info.defaults.keep_rows;
+  for (const id of ["temperature", "top_k", "top_p", "guidance"]) {   // the model's recommended settings
+    if (info.defaults[id] != null) $(id).value = info.defaults[id];
+  }
   const L = info.limits;
   $("limits").textContent = `Limits: n ≤ ${L.max_n}, candidates ≤ ${L.max_candidates}, ${L.max_prompts} prompts of ` +
     `${L.max_prompt_chars} characters, uploads ≤ ${(L.max_upload_bytes / 1048576).toFixed(0)} MiB.`;

@@ -129,7 +129,7 @@ def test_edit_decodes_its_image_like_the_training_decoder(tmp_path):
     """Issue 13 item 11: a 16-bit PNG was clipped to white by ``convert("RGB")``; the edit path now
     calls the training decoder (16-bit scaled, alpha composited, centre crop)."""
     from train.config import DataConfig
-    from train.data.decode import decode_image
+    from tests.helpers import decode_image
 
     grey16 = np.full((40, 30), 32896, np.uint16)                     # 50% grey at 16 bits
     Image.fromarray(grey16).save(tmp_path / "grey16.png")

@@ -165,3 +165,57 @@ def test_an_internal_error_is_not_reported_as_bad_input(bundle_dir, tmp_path, mo
     monkeypatch.setattr(dalle.api.Dalle, "generate", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["generate", "a cat", "--model", str(bundle_dir), "--out", str(tmp_path), "-q"])
+
+
+def test_eval_passes_its_sampling_options_through(monkeypatch, tmp_path):
+    import evaluation.run
+
+    seen = {}
+
+    def fake_run_eval(bundle, out, **kwargs):
+        seen.update(kwargs, bundle=bundle)
+        return {"markdown_path": str(tmp_path / "results.md")}
+
+    monkeypatch.setattr(evaluation.run, "run_eval", fake_run_eval)
+    assert main(["eval", "--model", "m", "--out", str(tmp_path), "--top-k", "64", "--top-p", "0.9",
+                 "--guidance", "1", "2", "--temperatures", "0.5"]) == 0
+    assert (seen["bundle"], seen["top_k"], seen["top_p"], seen["guidance_values"], seen["temperatures"]) == \
+        ("m", 64, 0.9, [1.0, 2.0], [0.5])
+    assert main(["eval", "--out", str(tmp_path)]) == 0
+    assert (seen["top_k"], seen["top_p"], seen["guidance_values"]) == (None, None, [1.0, 3.0])
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--top-k", "-1"])
+    assert e.value.code == 2
+
+
+def test_a_value_error_from_inside_a_library_is_a_bug_not_bad_input(monkeypatch, tmp_path):
+    import evaluation.run
+    from PIL import Image, ImageDraw
+
+    def broken(*args, **kwargs):            # a library call failing on values this project computed
+        ImageDraw.Draw(Image.new("RGB", (4, 4))).rectangle([3, 0, 1, 2])
+
+    monkeypatch.setattr(evaluation.run, "run_eval", broken)
+    with pytest.raises(ValueError, match="x1 must be greater"):
+        main(["eval", "--out", str(tmp_path)])
+
+    def bad_input(*args, **kwargs):         # this project's own check of a value the user gave
+        from dalle.options import SamplingOptions
+        SamplingOptions(temperature=-1.0)
+
+    monkeypatch.setattr(evaluation.run, "run_eval", bad_input)
+    assert main(["eval", "--out", str(tmp_path)]) == 2
+
+
+def test_generate_takes_the_models_recommended_sampling_unless_told():
+    from cli.main import build_parser, sampling_options
+    from dalle.options import SamplingOptions
+
+    parse = build_parser().parse_args
+    rec = SamplingOptions(temperature=0.8, top_k=32, guidance=2.0)
+    got = sampling_options(parse(["generate", "a red circle"]), rec)
+    assert (got.temperature, got.top_k, got.top_p, got.guidance) == (0.8, 32, None, 2.0)
+    got = sampling_options(parse(["generate", "x", "--top-k", "0", "--temperature", "1.1", "--top-p", "1"]), rec)
+    assert (got.temperature, got.top_k, got.top_p, got.guidance) == (1.1, None, None, 2.0)
+    got = sampling_options(parse(["generate", "x"]))                        # no model yet: the plain defaults
+    assert (got.temperature, got.top_k, got.guidance) == (1.0, None, 1.0)

@@ -2,37 +2,26 @@
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from dalle import Dalle, Generation, SamplingOptions
 from dalle.bundle import BundleError
-from dalle.model import DalleTransformer
 from dalle.pipeline import prepare_image, tensor_to_pil
 from dalle.rerank import SCORERS, logprob_scorer, register_scorer
 from dalle.sampler import image_seed
-from dalle.tokenizer import EOT, TextTokenizer
+from dalle.tokenizer import TextTokenizer
+from tests.bundles import CORPUS, random_transformer
+from tests.helpers import write_bpe
 from train.config import load_preset
 from vqvae.model import DiscreteVAE
-
-CORPUS = ["a red cube on a table", "a blue sphere in the sky", "two green cats", "a small yellow house",
-          "an orange dog running on the grass"] * 4
 
 
 @pytest.fixture(scope="module")
 def dalle(tmp_path_factory):
     preset = load_preset("tiny")
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=100, special_tokens=[EOT]))
-    tok.save(str(path))
+    path = write_bpe(tmp_path_factory.mktemp("tok") / "tokenizer.json", CORPUS)
     tokenizer = TextTokenizer(path, preset.dalle.text_len, preset.dalle.text_vocab_size)
     torch.manual_seed(0)
-    model = DalleTransformer(preset.dalle).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+    model = random_transformer(preset.dalle)
     vqvae = DiscreteVAE(preset.vqvae).eval()
     return Dalle(model, vqvae, tokenizer)
 
@@ -143,6 +132,40 @@ def test_a_saved_and_loaded_model_generates_the_same_images(dalle, tmp_path):
                for x, y in zip(a, b))
 
 
+def test_a_float16_bundle_is_half_the_weights_and_loads_as_float32(dalle, tmp_path):
+    dalle.save(tmp_path / "f32")
+    dalle.save(tmp_path / "f16", weights_dtype="float16")
+    sizes = [(tmp_path / d / "dalle.safetensors").stat().st_size for d in ("f32", "f16")]
+    assert sizes[1] < 0.55 * sizes[0]
+    loaded = Dalle.from_pretrained(tmp_path / "f16", device="cpu")      # its checksums hold
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    again = Dalle.from_pretrained(tmp_path / "f16", device="cpu")
+    a, b = (m.generate(["a red cube"], n=2, seed=4) for m in (loaded, again))
+    assert all(torch.equal(x.image_tokens, y.image_tokens) for x, y in zip(a, b))
+
+
+def test_a_bundle_recommends_its_sampling_settings(dalle, tmp_path):
+    model = Dalle(dalle.model, dalle.image_tokenizer, dalle.tokenizer)
+    assert model.sampling == SamplingOptions()
+    model.set_sampling_defaults(top_k=3, temperature=0.9)
+    by_default = model.generate(["a red cube"], n=2, seed=1)
+    explicit = dalle.generate(["a red cube"], n=2, seed=1, top_k=3, temperature=0.9)
+    plain = dalle.generate(["a red cube"], n=2, seed=1)
+    assert all(torch.equal(a.image_tokens, b.image_tokens) for a, b in zip(by_default, explicit))
+    assert not all(torch.equal(a.image_tokens, b.image_tokens) for a, b in zip(by_default, plain))
+    overridden = model.generate(["a red cube"], n=2, seed=1, top_k=None, temperature=1.0)   # the caller wins
+    assert all(torch.equal(a.image_tokens, b.image_tokens) for a, b in zip(overridden, plain))
+    model.save(tmp_path / "m")
+    loaded = Dalle.from_pretrained(tmp_path / "m", device="cpu")
+    assert (loaded.sampling.top_k, loaded.sampling.temperature) == (3, 0.9)
+    model.set_sampling_defaults(top_k=None)
+    assert model.sampling.top_k is None and model.meta["sampling"] == {"temperature": 0.9}
+    with pytest.raises(ValueError, match="unknown recommended sampling setting"):
+        model.set_sampling_defaults(candidates=4)
+    with pytest.raises(BundleError, match="meta.sampling: top_k must be"):
+        Dalle(dalle.model, dalle.image_tokenizer, dalle.tokenizer, meta={"sampling": {"top_k": 0}})
+
+
 def test_one_options_object_is_the_same_as_keywords(dalle):
     opts = SamplingOptions(temperature=0.8, top_k=7, guidance=2.0, batch_size=3)
     a = dalle.generate(["a red cube"], n=2, seed=5, options=opts)
@@ -251,7 +274,7 @@ def test_edit_inputs_go_through_the_training_decoder(tmp_path):
 
     from dalle.pipeline import prepare_image
     from train.config import DataConfig
-    from train.data.decode import decode_image
+    from tests.helpers import decode_image
 
     arr = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)          # 16-bit grey, up to 59,950
     path = tmp_path / "grey16.png"

@@ -93,6 +93,24 @@ def test_cache_is_not_in_the_state_dict_and_checkpoint_round_trips(tmp_path):
         DalleTransformer.from_checkpoint(tmp_path / "missing")
 
 
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    cfg = tiny_cfg()
+    model = DalleTransformer(cfg).eval()
+    model.save(tmp_path / "f32")
+    model.save(tmp_path / "f16", weights_dtype="float16")
+    size = {d: (tmp_path / d / "dalle.safetensors").stat().st_size for d in ("f32", "f16")}
+    assert size["f16"] < 0.55 * size["f32"]
+    loaded = DalleTransformer.from_checkpoint(tmp_path / "f16")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a.half().float(), b), name                   # exactly the stored float16 values
+    text, image = batch(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(text, image).image, model(text, image).image, atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        model.save(tmp_path / "x", weights_dtype="int8")
+
+
 def test_dalle_12b_preset_has_twelve_billion_parameters():
     cfg = load_preset("dalle-12b").dalle
     with torch.device("meta"):
@@ -114,6 +132,37 @@ def test_init_scales_residual_projections():
     assert math.isclose(proj_std, 0.02 / math.sqrt(2 * cfg.n_layer), rel_tol=0.05)
     assert math.isclose(qkv_std, 0.02, rel_tol=0.05)
     assert torch.all(model.blocks[0].ln_1.weight == 1) and torch.all(model.blocks[0].attn.qkv.bias == 0)
+
+
+def _pair_corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    off = ~torch.eye(a.shape[0], dtype=torch.bool)                  # the zero diagonal would correlate anyway
+    da, db = torch.cdist(a, a)[off], torch.cdist(b, b)[off]
+    return torch.corrcoef(torch.stack([da, db]))[0, 1].item()
+
+
+def test_image_codes_start_from_what_they_look_like():
+    cfg = tiny_cfg()
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.rand(cfg.image_vocab_size, 8, generator=g)
+    vectors[1] = vectors[0] + 0.01                       # two codes that are nearly the same patch
+    model = DalleTransformer(cfg)
+    assert abs(_pair_corr(model.image_emb.weight, vectors)) < 0.2          # the random init knows nothing
+    model.init_image_codes(vectors, seed=0)
+    for layer in (model.image_emb, model.image_head):
+        w = layer.weight
+        assert math.isclose(w.std().item(), 0.02, rel_tol=0.05)
+        assert _pair_corr(w, vectors) > 0.6
+        near = torch.cosine_similarity(w[0], w[1], dim=0)
+        others = torch.cosine_similarity(w[0:1], w[2:], dim=1)
+        assert near > 0.6 and near > others.quantile(0.9)
+        assert not torch.equal(w[0], w[1])                 # still distinguishable
+    again = DalleTransformer(cfg)
+    again.init_image_codes(vectors, seed=0)
+    assert torch.equal(again.image_emb.weight, model.image_emb.weight)     # deterministic for a seed
+    with pytest.raises(ValueError, match="code_vectors must be"):
+        model.init_image_codes(vectors[:-1])
+    with pytest.raises(ValueError, match="non-finite"):
+        model.init_image_codes(torch.full_like(vectors, float("nan")))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -5,6 +5,7 @@ import torch
 from dalle.config import ATTN_LAYOUTS
 from dalle.model import DalleTransformer
 from dalle.sampler import image_seed, row_uniforms, sample, sample_from_logits
+from tests.bundles import random_transformer
 from train.config import load_preset
 
 
@@ -14,12 +15,7 @@ def make_model(*layouts: str, seed: int = 0) -> DalleTransformer:
         overrides.append(f"dalle.attn_layouts=[{','.join(layouts)}]")
     cfg = load_preset("tiny", overrides).dalle
     torch.manual_seed(seed)
-    model = DalleTransformer(cfg).eval()
-    with torch.no_grad():   # larger weights than the init: distinct, non-uniform distributions
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model
+    return random_transformer(cfg)   # larger weights than the init: distinct, non-uniform distributions
 
 
 def captions(model, B, seed=0):

@@ -4,10 +4,8 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from dalle import Dalle
-from dalle.model import DalleTransformer
 from dalle.scorer import (
     ImageTextScorer,
     ScorerError,
@@ -15,7 +13,9 @@ from dalle.scorer import (
     check_scorer,
     load_bundle_scorer,
 )
-from dalle.tokenizer import EOT, TextTokenizer
+from dalle.tokenizer import TextTokenizer
+from tests.bundles import random_transformer
+from tests.helpers import write_bpe
 from train.config import load_preset
 from vqvae.model import DiscreteVAE
 
@@ -23,11 +23,7 @@ CORPUS = ["a red circle", "two blue squares", "a sign that says HELLO", "a green
 
 
 def _tokenizer(path, corpus, preset):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=60, special_tokens=[EOT]))
-    tok.save(str(path))
-    return TextTokenizer(path, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    return TextTokenizer(write_bpe(path, corpus, 60), preset.dalle.text_len, preset.dalle.text_vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +33,7 @@ def parts(tmp_path_factory):
     tokenizer = _tokenizer(d / "tokenizer.json", CORPUS, preset)
     other = _tokenizer(d / "other.json", CORPUS + ["an entirely different corpus of words"] * 3, preset)
     torch.manual_seed(0)
-    model = DalleTransformer(preset.dalle).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
+    model = random_transformer(preset.dalle)
     dalle = Dalle(model, DiscreteVAE(preset.vqvae).eval(), tokenizer)
     scorer = ImageTextScorer(preset.scorer, tokenizer_sha256=tokenizer.sha256).eval()
     return preset, dalle, scorer, tokenizer, other

@@ -174,3 +174,14 @@ def test_a_word_inside_a_longer_word_is_not_read():
     assert check(image, desc).passed
     r = check(image, {**desc, "claims": {**desc["claims"], "word": "ZOO"}})
     assert not r.passed, r.found
+
+
+def test_a_speck_of_colour_is_fitted_not_a_crash():
+    """A generated image once held a blob of a fraction of a pixel: its fitted side was under one
+    sub-pixel and drawing the template raised PIL's "x1 must be greater than or equal to x0"."""
+    from evaluation.checker import fit_shape
+
+    obs = np.zeros((9, 9))
+    obs[4, 4] = 0.002                    # mass 0.002: side sqrt(0.002) ~ 0.045 px < 1/4 px
+    fit = fit_shape(obs)
+    assert fit is not None and fit["shape"] in ("circle", "square", "triangle") and np.isfinite(fit["error"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from dalle.options import SamplingOptions
 from evaluation.passk import pass_at_k
 from evaluation.run import run_eval, score_run
 from evaluation.suite import (
@@ -64,17 +64,13 @@ def test_default_suite_parts_and_round_trip(tmp_path):
 def tiny_bundle(tmp_path_factory):
     from dalle.bundle import save_bundle
     from dalle.model import DalleTransformer
-    from dalle.tokenizer import EOT
+    from tests.helpers import write_bpe
     from train.config import load_preset
     from vqvae.model import DiscreteVAE
 
     preset = load_preset("tiny")
     root = tmp_path_factory.mktemp("bundle")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([p.prompt for p in default_suite(4)] * 3,
-                            trainers.BpeTrainer(vocab_size=100, special_tokens=[EOT]))
-    tok.save(str(root / "tokenizer.json"))
+    write_bpe(root / "tokenizer.json", [p.prompt for p in default_suite(4)] * 3)
     torch.manual_seed(0)
     return save_bundle(root / "tiny", model=DalleTransformer(preset.dalle).eval(),
                        vqvae=DiscreteVAE(preset.vqvae).eval(), tokenizer_path=root / "tokenizer.json")
@@ -110,6 +106,7 @@ class RenderModel:
     and its pixels shuffled otherwise; the image tokenizer is a real PatchVQ fitted on real renders."""
 
     resolution, scorer, device, path = 64, None, torch.device("cpu"), "render-model"
+    sampling = SamplingOptions()                   # no recommended settings
 
     def __init__(self, suite, good):
         from vqvae.patch_vq import PatchVQ, PatchVQConfig

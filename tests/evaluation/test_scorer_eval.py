@@ -62,11 +62,12 @@ def test_synthetic_accuracy_of_a_scorer_that_prefers_true_captions():
     """A scorer that scores every caption it was told is true at 1 and everything else at 0 is right
     everywhere; the figures are the ones of that rule, not of the model."""
     preset = load_preset("tiny", ["dalle.text_len=32"])
-    from tests.dalle.test_scorer import _tokenizer
+    from tests.helpers import write_bpe
     import tempfile
     from pathlib import Path
     with tempfile.TemporaryDirectory() as d:
-        tok = _tokenizer(Path(d) / "t.json", ["a red circle", "a sign that says HELLO"] * 4, preset)
+        tok = TextTokenizer(write_bpe(Path(d) / "t.json", ["a red circle", "a sign that says HELLO"] * 4, 60),
+                            preset.dalle.text_len, preset.dalle.text_vocab_size)
 
         class Oracle(ImageTextScorer):
             def encode_images(self, images):

@@ -188,3 +188,15 @@ def test_the_page_fetches_nothing_from_elsewhere():
         text = path.read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), f"{path.name} links outside"
         assert "@import" not in text and "url(http" not in text
+
+
+def test_requests_take_the_models_recommended_sampling_when_they_leave_it_out():
+    from serve.requests import sampling_options
+
+    rec = {"temperature": 0.8, "top_k": 32, "top_p": None, "guidance": 2.0}
+    got = sampling_options({}, Limits(), rec)
+    assert (got["temperature"], got["top_k"], got["top_p"], got["guidance"]) == (0.8, 32, None, 2.0)
+    got = sampling_options({"top_k": 4, "temperature": 1.2}, Limits(), rec)
+    assert (got["temperature"], got["top_k"], got["guidance"]) == (1.2, 4, 2.0)
+    got = sampling_options({}, Limits())
+    assert (got["temperature"], got["top_k"], got["guidance"]) == (1.0, None, 1.0)

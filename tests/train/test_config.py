@@ -60,6 +60,12 @@ def test_bad_overrides_are_clear_errors(override, message):
         load_preset("tiny", [override])
 
 
+def test_numeric_precision_override_reads_as_its_name():
+    assert load_preset("tiny", ["dalle_train.precision=32"]).dalle_train.precision == "32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_preset("tiny", ["dalle_train.precision=64"])
+
+
 def test_derived_keys_in_yaml_are_rejected():
     with pytest.raises(ValueError, match="derived"):
         preset_from_dict({"vqvae": {"resolution": 16}, "dalle": {"image_vocab_size": 5}})

@@ -251,7 +251,7 @@ def test_nonfinite_loss_skips_the_step_and_counts_it(tmp_path):
                           tmp_path, callbacks=[watch])
     snapshots = watch.params
     assert trainer.global_step == 8 and not trainer.should_stop
-    assert module.nonfinite_total == 2 and module.nonfinite_streak == 0
+    assert module.nonfinite.total == 2 and module.nonfinite.streak == 0
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
     assert same(snapshots[3], snapshots[4]) and same(snapshots[4], snapshots[5])   # NaN steps changed nothing
     assert not same(snapshots[2], snapshots[3]) and not same(snapshots[5], snapshots[6])

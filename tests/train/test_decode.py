@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import encode_image, random_image
-from train.data.decode import SampleDecoder, SkipCounter, SkipSample, decode_caption, decode_image
+from common.image_decode import SkipSample
+from tests.helpers import decode_image, encode_image, random_image
+from common.samples import SampleDecoder, SkipCounter, decode_caption
 from train.data.inspect import format_report, inspect_shards
 from common.shards import ShardWriter
 

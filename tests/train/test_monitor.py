@@ -128,3 +128,19 @@ def test_the_progress_bar_counts_steps_with_a_total_and_shows_samples_per_second
 def test_an_unknown_logger_is_a_clear_error():
     with pytest.raises(ValueError, match="logger must be one of"):
         load_preset("tiny", ["vqvae_train.logger=wandb"])
+
+
+def test_the_progress_bar_counts_steps_of_max_steps_after_a_resume(tmp_path, tiny_preset, tiny_tokenizer, capfd):
+    from tests.train.test_resume import write_token_shards
+    from train.config import load_preset
+    from train.dalle_fit import fit_dalle
+
+    shards = write_token_shards(tmp_path / "tokens", tiny_preset, n_shards=1, per_shard=16)
+    common = ["dalle_train.batch_size=4", "dalle_train.ckpt_every=1", "dalle_train.image_every=0"]
+    for steps in (2, 4):
+        fit_dalle(load_preset("tiny", common + [f"dalle_train.max_steps={steps}"]), tmp_path / "run",
+                  tokenizer_path=tiny_tokenizer.path, token_shards=shards, accelerator="cpu",
+                  enable_model_summary=False)
+        out = "".join(capfd.readouterr())                         # tqdm writes to stdout
+        bars = [seg for seg in out.split("\r") if "step" in seg and "|" in seg]
+        assert bars and f"{steps}/{steps} [" in bars[-1]            # the resumed run too: steps out of max_steps

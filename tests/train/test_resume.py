@@ -214,3 +214,18 @@ def test_fit_dalle_killed_mid_epoch_resumes_with_the_same_batches(tmp_path, tiny
     assert sorted(resumed.losses) == list(range(3, 10))
     for step, loss in resumed.losses.items():
         assert loss == pytest.approx(full.losses[step], rel=1e-6, abs=1e-7), step
+
+
+def test_both_text_conditioned_stages_refuse_another_tokenizer_or_config():
+    from train.scorer_module import ScorerModule
+    preset = load_preset("tiny")
+    sha = "a" * 64
+    for module, what in ((DalleModule(preset.dalle, preset.dalle_train, tokenizer_sha256=sha), "dalle"),
+                         (ScorerModule(preset.scorer, preset.scorer_train, tokenizer_sha256=sha), "scorer")):
+        own = {"tokenizer_sha256": sha, "hyper_parameters": {f"{what}_config": module.config.to_dict()}}
+        module.on_load_checkpoint(dict(own))
+        with pytest.raises(ValueError, match="tokenizer sha256 bbbbbbbbbbbb, but this run's tokenizer is aaaa"):
+            module.on_load_checkpoint({**own, "tokenizer_sha256": "b" * 64})
+        other = {**module.config.to_dict(), "n_layer": module.config.n_layer + 1}
+        with pytest.raises(ValueError, match=f"different {what} config; resume with the preset"):
+            module.on_load_checkpoint({**own, "hyper_parameters": {f"{what}_config": other}})

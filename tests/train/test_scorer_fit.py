@@ -14,7 +14,8 @@ from synth.scenes import build_scenes
 from synth.signs import build_signs
 from tests.helpers import random_caption
 from train.config import load_preset
-from train.data.scorer_data import MAX_CHARS, NEG_SLOTS, scorer_dataset
+from common.scorer_batches import MAX_CHARS, NEG_SLOTS
+from train.data.scorer_data import scorer_dataset
 from train.data.shards import ShardWriter
 from train.scorer_fit import fit_scorer
 from train.scorer_module import contrastive_loss
@@ -63,6 +64,26 @@ def test_batches_carry_hard_negatives_and_auxiliary_targets(data):
     signs = next(iter(scorer_dataset([d / "signs"], preset.data, tokenizer=tokenizer, batch_size=8, train=False,
                                      aux_grid=2)))
     assert bool((signs["aux_chars"][:, 0] < 26).all()) and bool((signs["aux_counts"] == -1).all())
+
+
+def test_the_evaluation_reads_the_batches_of_the_validation_stream(data):
+    """evaluation/ reads shards without training code, and sees what the scorer's validation sees:
+    the same samples in the same order, the same hard negatives, the bad sample skipped."""
+    from evaluation.scorer_eval import shard_batches
+    d, shards, tok, _ = data
+    preset = load_preset("tiny", LONG)
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    sources = [shards[2], shards[0], shards[1]]                 # the bad shard first
+    stream = scorer_dataset(sources, preset.data, tokenizer=tokenizer, batch_size=24, train=False, seed=3)
+    ours = list(shard_batches(tokenizer, sources, resolution=preset.data.resolution, batch_size=24, seed=3))
+    theirs = list(stream)
+    assert [len(b["keys"]) for b in ours] == [len(b["keys"]) for b in theirs] == [24, 24, 16]
+    for a, b in zip(ours, theirs):
+        assert a["keys"] == b["keys"] and a["neg_kinds"] == b["neg_kinds"] and bool(a["neg_mask"].any())
+        for name in ("images", "text_tokens", "neg_tokens", "neg_mask"):
+            assert torch.equal(a[name], b[name]), name
+    with pytest.raises(ValueError, match="no usable sample"):
+        list(shard_batches(tokenizer, shards[2], resolution=preset.data.resolution, batch_size=4))
 
 
 def test_loss_decreases_bad_samples_are_counted_and_the_export_loads(data, tmp_path):
@@ -132,3 +153,33 @@ def test_auxiliary_heads_are_chosen_by_name_and_train_both_towers(data):
     assert only_text.model.image_encoder.proj[0].weight.grad is None      # text heads never touch the image tower
     none = ScorerModule(preset.scorer, ScorerTrainConfig(aux_weight=0.0))
     assert none.aux_grid is None and none.compute_loss(batch).aux_loss is None
+
+
+def test_a_nonfinite_scorer_step_is_dropped_on_every_rank_as_the_transformer_s():
+    """The scorer and the transformer share one guard: the step is dropped when any rank's loss is
+    not finite, accumulated gradients are cleared (the optimizer step changes nothing), the run goes on."""
+    from types import SimpleNamespace
+
+    from train.config import ScorerTrainConfig
+    from train.optim import NonFiniteSteps
+    from train.scorer_module import ScorerModule
+    preset = load_preset("tiny", LONG)
+    module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_weight=0.0))
+    assert isinstance(module.nonfinite, NonFiniteSteps)
+    opt = torch.optim.SGD(module.parameters(), lr=1.0)
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)                        # gradients of earlier micro-batches
+    votes = []
+
+    def all_finite(finite, all):                           # another rank saw a NaN on the second step
+        votes.append(finite)
+        return finite and len(votes) != 2
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=all_finite), optimizers=[opt])
+    guard = module.nonfinite
+    assert guard.finite(trainer, torch.tensor(1.0)) and guard.total == 0
+    assert all(p.grad is not None for p in module.parameters())
+    assert not guard.finite(trainer, torch.tensor(1.0))    # finite here, not everywhere: dropped
+    assert all(p.grad is None for p in module.parameters()) and (guard.total, guard.streak) == (1, 1)
+    assert not guard.finite(trainer, torch.tensor(float("nan"))) and (guard.total, guard.streak) == (2, 2)
+    assert votes[-1] is False
+    assert guard.finite(trainer, torch.tensor(0.5)) and (guard.total, guard.streak) == (2, 0)

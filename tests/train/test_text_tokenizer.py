@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from tests.helpers import random_caption
 from dalle.tokenizer import EOT, TextTokenizer
-from train.data.decode import SkipCounter
+from common.samples import SkipCounter
 from common.shards import ShardWriter
 from train.text_tokenizer import captions_from_shards, train_tokenizer
 

@@ -7,7 +7,8 @@ import torch
 import webdataset as wds
 
 from tests.helpers import encode_image, random_image
-from train.data.decode import SampleDecoder, SkipCounter, to_float
+from common.image_decode import to_float
+from common.samples import SampleDecoder, SkipCounter
 from train.data.loader import make_loader
 from common.shards import ShardWriter, expand_sources
 from train.data.tokens import (TokenShardWriter, codes_from_bytes, codes_to_bytes, iter_token_shards,

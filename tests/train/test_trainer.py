@@ -57,3 +57,19 @@ def test_cpu_trainer_resolution(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             resolve_strategy("fsdp", 1, 1)
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_warned_about(monkeypatch, caplog):
+    import train.trainer as trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        assert trainer.resolve_precision("bf16-mixed") == "bf16-mixed"    # still what was asked for
+    assert "without native bfloat16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        assert trainer.resolve_precision("bf16-mixed") == "bf16-mixed"
+        assert trainer.resolve_precision("auto") == "32-true" and trainer.resolve_precision("32") == "32-true"
+    assert "bfloat16" not in caplog.text

@@ -3,8 +3,11 @@ import math
 import pytest
 import torch
 
-from vqvae.losses import (elbo_loss, kl_uniform, logit_laplace_nll, map_pixels, mse_nll, psnr,
-                          reconstruction_loss, unmap_pixels)
+from vqvae.config import VQVAEConfig
+from vqvae.losses import (LIKELIHOODS, elbo_loss, kl_uniform, logit_laplace_nll, map_pixels, mse_nll, pixel_likelihood,
+                          unmap_pixels)
+from vqvae.model import DiscreteVAE
+from vqvae.metrics import psnr
 
 
 def test_logit_laplace_matches_hand_computed_value():
@@ -61,9 +64,9 @@ def test_mse_and_dispatch():
     images = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
     pred = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
     assert float(mse_nll(images, pred)) == pytest.approx(0.25)
-    assert float(reconstruction_loss("mse", images, pred)) == pytest.approx(0.25)
+    assert float(pixel_likelihood("mse").nll(images, pred)) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="unknown likelihood"):
-        reconstruction_loss("bernoulli", images, pred)
+        pixel_likelihood("bernoulli")
     with pytest.raises(ValueError, match="do not match"):
         logit_laplace_nll(images, pred)
 
@@ -89,3 +92,21 @@ def test_psnr():
     a = torch.zeros(2, 3, 4, 4)
     assert float(psnr(a, a + 0.1)) == pytest.approx(20.0, abs=1e-4)
     assert float(psnr(a, a)) > 90
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_each_likelihood_has_its_loss_lowest_at_its_mean_and_shapes_the_model(name):
+    lik = pixel_likelihood(name)
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    if name == "logit_laplace":                          # mu = logit of the mapped pixel, scale 1
+        m = map_pixels(x)
+        params = torch.cat([torch.log(m) - torch.log1p(-m), torch.zeros_like(x)], dim=1)
+    else:
+        params = x.clone()
+    assert torch.allclose(lik.mean(params, 3), x, atol=1e-5)
+    shifted = params.clone()
+    shifted[:, :3] += 0.1
+    assert float(lik.nll(x, params)) < float(lik.nll(x, shifted))
+    model = DiscreteVAE(VQVAEConfig(resolution=8, n_hid=4, vocab_size=8, likelihood=name))
+    assert model.likelihood is lik and model.decoder.head[-1].out_channels == lik.out_channels(3) == params.shape[1]
+    assert VQVAEConfig.from_dict({"likelihood": name}).likelihood == name

@@ -44,14 +44,15 @@ def load_described_images(source: Any, resolution: int, max_images: int, *,
 
     import webdataset as wds
 
-    from train.data.decode import SkipCounter, SkipSample, decode_image_uint8, find_image, to_float
-    from train.data.shards import expand_sources
+    from common.image_decode import DecodeSettings, SkipSample, decode_image_uint8, to_float
+    from common.samples import SkipCounter, find_image, read_samples
+    from common.shards import expand_sources
 
-    cfg = DataConfig(resolution=resolution, num_workers=0, shuffle_buffer=0, background=list(background))
+    cfg = DecodeSettings(background=list(background))
     images, descriptions, described = [], [], True
     urls = expand_sources(source if isinstance(source, list) else [source])
     counter = SkipCounter()
-    for sample in wds.tarfile_samples(iter([{"url": u} for u in urls])):
+    for sample in read_samples(urls, counter, handler=wds.reraise_exception):    # an unreadable shard is an error
         try:
             image = decode_image_uint8(find_image(sample), cfg, resolution=resolution)
         except SkipSample as e:

@@ -1,7 +1,7 @@
 """``dalle data inspect``: stream shards through the training decode path and count.
 
 The report says how many samples training would use and why the others are
-skipped, per reason, with the same :class:`~train.data.decode.SampleDecoder`
+skipped, per reason, with the same :class:`~common.samples.SampleDecoder`
 the loader uses (centre crop, no shuffling, one process). Token shards (samples
 with ``codes.npy``, from ``dalle tokens``) are read as token shards, with the
 transformer loader's :class:`~train.data.tokens.TokenDecoder`. Hidden members
@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import webdataset as wds
-
-from train.config import DataConfig
-from train.data.decode import SampleDecoder, SkipCounter
+from common.samples import SampleDecoder, SkipCounter, read_samples
 from common.shards import expand_sources
+from train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,6 @@ def inspect_shards(sources: Any, data_cfg: DataConfig, *, limit: int | None = No
     """
     start = time.time()
     urls = expand_sources(sources)
-    from train.data.loader import MemberFilter
     from train.data.tokens import CODES_EXT, TokenDecoder
 
     counter = SkipCounter()
@@ -76,8 +73,7 @@ def inspect_shards(sources: Any, data_cfg: DataConfig, *, limit: int | None = No
     for url in urls:
         handler = _ShardErrors()
         seen = 0
-        for sample in wds.tarfile_samples(iter([{"url": url}]), handler=handler,
-                                          select_files=MemberFilter(counter)):
+        for sample in read_samples([url], counter, handler=handler):
             seen += 1
             tokens = CODES_EXT in sample
             if (decode_tokens if tokens else decode)(sample) is not None:

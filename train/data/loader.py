@@ -50,10 +50,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from common.image_decode import to_float
+from common.samples import SampleDecoder, SkipCounter, read_samples
+from common.shards import count_samples, expand_sources
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
-from train.data.decode import SampleDecoder, SkipCounter, to_float
-from common.shards import count_samples, expand_sources
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +71,6 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return 0, 1
-
-
-class _CountingHandler:
-    """webdataset error handler: count unreadable shards/members and continue."""
-
-    def __init__(self, counter: SkipCounter):
-        self.counter = counter
-
-    def __call__(self, exn: Exception) -> bool:
-        self.counter.add("shard_error")
-        log.warning("shard read error (continuing): %r", exn)
-        return True
-
-
-class MemberFilter:
-    """webdataset ``select_files``: hidden members (``._x.jpg`` AppleDouble forks, ``.hidden.jpg``)
-    are no samples; webdataset would drop them silently, here they are counted as ``hidden_member``."""
-
-    def __init__(self, counter: SkipCounter):
-        self.counter = counter
-
-    def __call__(self, fname: str) -> bool:
-        if os.path.basename(fname).startswith("."):
-            self.counter.add("hidden_member")
-            return False
-        return True
-
-
-def read_samples(urls: list[str], counter: SkipCounter) -> Iterator[dict]:
-    """Raw samples of ``urls`` in order, unreadable shards and hidden members counted in ``counter``."""
-    return wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=_CountingHandler(counter),
-                               select_files=MemberFilter(counter))
 
 
 class ShardStream(IterableDataset):
@@ -187,12 +156,10 @@ class ShardStream(IterableDataset):
         """``(item, raw samples read so far)``; the first ``skip_raw`` raw samples are read, not decoded."""
         decode = self.decoder_factory(counter, rng=random.Random(0),
                                       sample_seed=f"{self.seed}-{self.epoch}-{self.rank}")
-        handler = _CountingHandler(counter)
         usable = 0
         n_raw = 0
         for urls in self._passes(worker, n_workers):
-            raw = wds.tarfile_samples(iter([{"url": u} for u in urls]), handler=handler,
-                                      select_files=MemberFilter(counter))
+            raw = read_samples(urls, counter)
             if self.train and self.shuffle_buffer > 1:
                 raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer,
                                            initial=min(100, self.shuffle_buffer), rng=rng)

@@ -22,19 +22,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from common.image_decode import SkipSample, to_float
+from common.samples import CAPTION_EXT, SampleDecoder, SkipCounter, SkipCountingDecoder, decode_caption, read_samples
+from common.shards import ShardWriter, expand_sources, valid_key
 from dalle.tokenizer import TextTokenizer
 from train.config import DataConfig
-from train.data.decode import (
-    CAPTION_EXT,
-    SampleDecoder,
-    SkipCounter,
-    SkipCountingDecoder,
-    SkipSample,
-    decode_caption,
-    to_float,
-)
-from common.shards import ShardWriter, expand_sources, valid_key
-from train.data.loader import BatchCollate, ShardStream, build_stream, read_samples
+from train.data.loader import BatchCollate, ShardStream, build_stream
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +77,7 @@ class TokenDecoder(SkipCountingDecoder):
 
     Skip reasons: ``no_codes``, ``bad_codes`` (unreadable, not 2-d integer,
     negative, or a grid other than ``image_grid`` / the first grid seen), and the
-    caption reasons of :func:`train.data.decode.decode_caption`.
+    caption reasons of :func:`common.samples.decode_caption`.
     """
 
     def __init__(self, cfg: DataConfig, counter: SkipCounter, *, image_grid: int | None = None,

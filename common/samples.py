@@ -1,7 +1,9 @@
-"""The one decode path: raw shard samples -> (image tensor, caption), or a counted skip.
+"""Shard samples: read in order, then decoded to (image tensor, caption) or a counted skip.
 
-Training, ``dalle data inspect``, token precomputation and the loader benchmark
-all call :class:`SampleDecoder`, so what inspection reports is what training sees.
+:func:`read_samples` is the one call that reads the raw samples of shards (unreadable
+shards and hidden members counted, never fatal). :class:`SampleDecoder` is the one decode
+path: training, the scorer's evaluation, ``dalle data inspect``, token precomputation and
+the loader benchmark all call it, so what inspection and evaluation see is what training sees.
 
 Policy (every refusal raises :class:`SkipSample` with a reason that is counted):
 
@@ -30,21 +32,17 @@ skip counting of shards.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
+import webdataset as wds
 
-from common.image_decode import (  # noqa: F401  (the image decoder, shared with inference; re-exported)
-    SkipSample,
-    decode_image,
-    decode_image_uint8,
-    png_pixel_bytes_missing,
-    to_float,
-)
+from common.image_decode import DecodeSettings, SkipSample, decode_image_uint8
 from dalle.tokenizer import normalize_caption
-from train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +71,46 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter({dict(self.counts)})"
+
+
+class _CountingHandler:
+    """webdataset error handler: count unreadable shards/members and continue."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, exn: Exception) -> bool:
+        self.counter.add("shard_error")
+        log.warning("shard read error (continuing): %r", exn)
+        return True
+
+
+class MemberFilter:
+    """webdataset ``select_files``: hidden members (``._x.jpg`` AppleDouble forks, ``.hidden.jpg``)
+    are no samples; webdataset would drop them silently, here they are counted as ``hidden_member``."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, fname: str) -> bool:
+        if os.path.basename(fname).startswith("."):
+            self.counter.add("hidden_member")
+            return False
+        return True
+
+
+def read_samples(urls: list[str], counter: SkipCounter, *,
+                 handler: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
+    """Raw samples of ``urls`` in order; hidden members are counted in ``counter``.
+
+    Args:
+        urls: expanded shard URLs (:func:`common.shards.expand_sources`).
+        counter: where ``hidden_member`` (and, with the default handler, ``shard_error``) are counted.
+        handler: webdataset's error handler; default: count the error as ``shard_error``, warn, go on.
+    """
+    return wds.tarfile_samples(iter([{"url": u} for u in urls]),
+                               handler=handler if handler is not None else _CountingHandler(counter),
+                               select_files=MemberFilter(counter))
 
 
 def decode_caption(data: bytes | str | None, lowercase: bool = True) -> str:
@@ -129,11 +167,21 @@ class SkipCountingDecoder:
         return None
 
 
+@dataclass
+class SampleSettings(DecodeSettings):
+    """What :class:`SampleDecoder` reads from a config: the image settings, the side and the crop
+    (training passes its ``DataConfig``, which has the same fields and defaults)."""
+
+    resolution: int = 0
+    random_crop: bool = False
+
+
 class SampleDecoder(SkipCountingDecoder):
     """Raw webdataset sample dict -> :class:`Decoded` or ``None`` (skip counted in ``counter``).
 
     Args:
-        cfg: the data config (resolution must be set: it is derived from the VQVAE).
+        cfg: the data settings, training's ``DataConfig`` or :class:`SampleSettings` (resolution
+            must be set: it is derived from the VQVAE).
         counter: where skips are counted.
         train: random crop when ``cfg.random_crop`` and training; centre crop otherwise.
         rng: random source for crops (per worker).
@@ -141,7 +189,7 @@ class SampleDecoder(SkipCountingDecoder):
             ``(sample_seed, key)`` instead of ``rng``, so a stream can be resumed mid-way exactly.
     """
 
-    def __init__(self, cfg: DataConfig, counter: SkipCounter, *, train: bool = False,
+    def __init__(self, cfg: Any, counter: SkipCounter, *, train: bool = False,
                  rng: random.Random | None = None, sample_seed: str | None = None):
         if cfg.resolution < 1:
             raise ValueError("data.resolution is not set; it is derived from the vqvae preset section")
