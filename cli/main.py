@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -35,12 +36,12 @@ USER_ERRORS = (UsageError, ValueError, FileNotFoundError, NotADirectoryError, Is
 # A ValueError is the user's only when this project raised it (or it is about a file's content);
 # one raised deep inside a library (PIL's "x1 must be greater than or equal to x0") is a bug.
 OUR_PACKAGES = frozenset({"cli", "common", "dalle", "evaluation", "serve", "synth", "train", "vqvae"})
-CONTENT_ERRORS = (UnicodeDecodeError,)
+CONTENT_ERRORS = (UnicodeDecodeError, json.JSONDecodeError)
 
 
 def raised_by_this_project(e: BaseException) -> bool:
     """Whether the innermost Python frame of ``e``'s traceback is in one of this project's packages."""
-    if not isinstance(e, ValueError) or isinstance(e, CONTENT_ERRORS) or type(e).__module__ == "json.decoder":
+    if not isinstance(e, ValueError) or isinstance(e, CONTENT_ERRORS):
         return True
     tb = e.__traceback__
     if tb is None:
@@ -87,8 +88,7 @@ def sampling_options(a: argparse.Namespace, recommended=None):
         given["top_k"] = None
     if given.get("top_p") == 1.0:
         given["top_p"] = None
-    settings = {name: getattr(base, name) for name in RECOMMENDABLE} | given
-    return SamplingOptions(**settings, candidates=a.candidates, batch_size=a.batch_size, scorer=scorer,
+    return SamplingOptions(**(base.recommendable() | given), candidates=a.candidates, batch_size=a.batch_size, scorer=scorer,
                            dtype=a.dtype, compile=a.compile, use_cache=not a.no_cache)
 
 

@@ -106,6 +106,10 @@ class SamplingOptions:
             raise ValueError(f"unknown recommended sampling setting(s) {unknown}; known: {list(RECOMMENDABLE)}")
         return cls(**settings)
 
+    def recommendable(self) -> dict[str, Any]:
+        """The :data:`RECOMMENDABLE` fields of these options, by name."""
+        return {name: getattr(self, name) for name in RECOMMENDABLE}
+
     def compute_dtype(self, device: torch.device) -> torch.dtype:
         """The autocast and KV-cache dtype on ``device``."""
         if self.dtype == "auto":

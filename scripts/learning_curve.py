@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = save_bundle(Path(tmp) / "bundle", model=model, vqvae=image_tokenizer, tokenizer_path=a.tokenizer)
             res = run_eval(bundle, Path(tmp) / "eval", n=a.n, temperatures=(a.temperature,), ks=(1,),
-                           candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False, top_k=a.top_k,
-                           n_recon=8, n_scorer_check=20)
+                           candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False,
+                           top_k=a.top_k, n_recon=8, n_scorer_check=20)
         summary = res["temperatures"][str(a.temperature)]["summary"]
         points.append({"step": step, "samples": step * batch,
                        **{part: s["pass@k"]["1"] for part, s in summary.items()}})
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
     losses = val_losses(a.run_dir)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "learning_curve.json").write_text(json.dumps({"settings": settings, "val": losses, "eval": points}, indent=2) + "\n")
+    record = {"settings": settings, "val": losses, "eval": points}
+    (a.out / "learning_curve.json").write_text(json.dumps(record, indent=2) + "\n")
     tmp = Path(tempfile.mkdtemp())
     try:
         ymax = max(r["val/loss"] for r in losses) * 1.1
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                           ylabel="loss", ymax=ymax)
         parts = [k for k in points[0] if k not in ("step", "samples")] if points else []
         right = plot_lines({part: [(pt["samples"], pt[part]) for pt in points] for part in parts},
-                           tmp / "pass.png", title=f"pass@1 at T={a.temperature}" + (f", top-k {a.top_k}" if a.top_k else "") + f" (n={a.n})",
+                           tmp / "pass.png", title=f"pass@1 at T={a.temperature}{f', top-k {a.top_k}' if a.top_k else ''} "
+                                                   f"(n={a.n})",
                            xlabel="samples seen", ylabel="pass@1")
         save_png_atomic(make_grid([Image.open(left), Image.open(right)], ncol=2), a.out / "learning_curve.png")
     finally:

@@ -95,7 +95,7 @@ def create_app(model: ServedModel, limits: Limits = Limits()) -> Starlette:
     async def api_info(request: Request) -> Response:
         return JSONResponse({"model": info.name, "resolution": info.resolution, "image_grid": info.image_grid,
                              "text_len": info.text_len, "limits": limits.public(),
-                             "defaults": {"n": 4, "seed": 0, "temperature": 1.0, "guidance": 1.0,
+                             "defaults": {"n": 4, "seed": 0,
                                           **{k: v for k, v in info.sampling.items() if v is not None},
                                           "keep_rows": info.image_grid // 2, "keep_fraction": 0.5}})
 

@@ -6,7 +6,7 @@ to warn about truncated prompts; all of it comes from the ``Dalle`` object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +23,7 @@ class ModelInfo:
     resolution: int      # image side in pixels
     image_grid: int      # codes per side
     text_len: int        # caption tokens; longer prompts are truncated
-    sampling: dict = field(default_factory=dict)   # the model's recommended temperature, top_k, top_p, guidance
+    sampling: dict       # temperature, top_k, top_p, guidance: the model's recommended ones over the defaults
 
 
 class ServedModel:
@@ -36,12 +36,11 @@ class ServedModel:
 
     def __init__(self, path: str | Path | None = None, device: str = "auto"):
         from dalle import Dalle
-        from dalle.options import RECOMMENDABLE
         self.dalle = Dalle.from_pretrained(path, device=device)
         cfg = self.dalle.config
         self.info = ModelInfo(name=str(self.dalle.path or "default"), resolution=self.dalle.resolution,
                               image_grid=cfg.image_grid, text_len=cfg.text_len,
-                              sampling={k: getattr(self.dalle.sampling, k) for k in RECOMMENDABLE})
+                              sampling=self.dalle.sampling.recommendable())
 
     def n_tokens(self, prompt: str) -> int:
         """Caption tokens of ``prompt`` before truncation."""

@@ -90,8 +90,11 @@ def sampling_options(form: Mapping[str, Any], limits: Limits,
     """n, seed and the sampling options of a request, checked; raises :class:`RequestError`.
 
     Temperature, top-k, top-p and guidance the request leaves out are the model's ``recommended``
-    ones (``Dalle.sampling``), else 1, off, off and 1."""
-    rec = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance": 1.0, **(recommended or {})}
+    ones (``Dalle.sampling``), else the :class:`dalle.SamplingOptions` defaults."""
+    if recommended is None:
+        from dalle.options import SamplingOptions
+        recommended = SamplingOptions().recommendable()
+    rec = dict(recommended)
     n = _int(form, "n", "n (images per prompt)", default=4, lo=1, hi=limits.max_n)
     seed = _int(form, "seed", "seed", default=0, lo=0, hi=MAX_SEED)
     temperature = _float(form, "temperature", "temperature", default=rec["temperature"])
