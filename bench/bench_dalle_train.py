@@ -2,14 +2,19 @@
 
 Runs the real training step (``DalleModule.compute_loss``: caption dropout, fp32 loss,
 backward, AdamW over the decay groups, gradient clipping) on random token batches for
-about ``--seconds`` per precision. Tokens are sequence positions: batch * (text_len + image_len).
+about ``--seconds`` per precision and image-loss path (``fused``: train.fused_ce, the default;
+``plain``: logits then cross-entropy). ``--rounds`` repeats the whole set, interleaved, so that
+a machine whose load changes affects every variant alike. Tokens are sequence positions:
+batch * (text_len + image_len).
 
     PYTHONPATH=. python bench/bench_dalle_train.py --preset small --seconds 15
+    PYTHONPATH=. python bench/bench_dalle_train.py --precisions bf16 --losses fused,plain --rounds 3
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 
 import torch
@@ -60,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0: the preset's dalle_train.batch_size")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per precision")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--losses", default="fused", help="image-loss paths: fused, plain or both")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every variant, interleaved")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args()
     if args.threads:
@@ -73,21 +80,32 @@ def main() -> None:
     print(f"preset={args.preset} layers={cfg.n_layer} width={cfg.n_embd} heads={cfg.n_head} "
           f"seq={cfg.block_size} batch={batch_size} tokens/step={tokens_per_step} "
           f"threads={torch.get_num_threads()}")
-    results = {}
+    results: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        for precision in args.precisions.split(","):
+            for loss_path in args.losses.split(","):
+                if loss_path not in ("fused", "plain"):
+                    parser.error(f"unknown loss path {loss_path!r}")
+                torch.manual_seed(0)
+                module = DalleModule(cfg, dataclasses.replace(train_cfg, fused_image_loss=loss_path == "fused"))
+                module.configure_model()
+                flops = module.model.flops_per_token(training=True, attention="mask")
+                steps, sec, loss = measure(module, batch, precision, args.seconds, "cpu")
+                tps = steps * tokens_per_step / sec
+                results.setdefault((precision, loss_path), []).append(tps)
+                print(f"round {r}: {precision:>5} {loss_path:>5}: {steps:4d} steps in {sec:6.1f} s  "
+                      f"{sec / steps * 1e3:8.1f} ms/step  {tps:9.0f} tokens/s  "
+                      f"{tps * flops / 1e9:7.1f} GFLOP/s (masked-attention count)  loss {loss:.3f}", flush=True)
+    best = {k: max(v) for k, v in results.items()}
+    for (precision, loss_path), tps in best.items():
+        print(f"best {precision} {loss_path}: {tps:.0f} tokens/s, {tps / tokens_per_step * batch_size:.1f} samples/s")
+    for loss_path in args.losses.split(","):
+        if ("fp32", loss_path) in best and ("bf16", loss_path) in best:
+            print(f"bf16 / fp32 throughput ({loss_path}): {best['bf16', loss_path] / best['fp32', loss_path]:.2f}x")
     for precision in args.precisions.split(","):
-        torch.manual_seed(0)
-        module = DalleModule(cfg, train_cfg)
-        module.configure_model()
-        flops = module.model.flops_per_token(training=True, attention="mask")
-        steps, sec, loss = measure(module, batch, precision, args.seconds, "cpu")
-        tps = steps * tokens_per_step / sec
-        results[precision] = tps
-        print(f"{precision:>5}: {steps:4d} steps in {sec:6.1f} s  {sec / steps * 1e3:8.1f} ms/step  "
-              f"{tps:9.0f} tokens/s  {tps * flops / 1e9:7.1f} GFLOP/s (masked-attention count)  "
-              f"loss {loss:.3f}")
-    if "fp32" in results and "bf16" in results:
-        print(f"bf16 / fp32 throughput: {results['bf16'] / results['fp32']:.2f}x")
-
+        if (precision, "fused") in best and (precision, "plain") in best:
+            print(f"fused / plain throughput ({precision}): "
+                  f"{best[precision, 'fused'] / best[precision, 'plain']:.2f}x")
 
 if __name__ == "__main__":
     main()

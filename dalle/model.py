@@ -255,6 +255,14 @@ class DalleTransformer(nn.Module):
         """
         return self._heads(self._trunk(self._embed(text_tokens, image_tokens), None))
 
+    def hidden(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states of :meth:`forward`, before the heads: (B, text_len + n, C).
+
+        Position ``text_len - 1 + i`` predicts image code ``i`` through ``image_head``; training
+        uses this to compute the image loss without materialising the logits.
+        """
+        return self._trunk(self._embed(text_tokens, image_tokens), None)
+
     def prefill(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> Logits:
         """:meth:`forward` through the KV cache, which it fills from sequence position 0.
 

@@ -37,6 +37,7 @@ class DataConfig:
     resolution: int = 0            # derived: vqvae.resolution
     num_workers: int = 2
     shuffle_buffer: int = 1000
+    interleave: int = 4            # training shards read at once, a sample from each in turn (1: in sequence)
     resampled: bool = False        # endless stream sampled with replacement (step-based training)
     random_crop: bool = False      # random instead of centre crop
     background: list[int] = field(default_factory=lambda: [255, 255, 255])  # alpha composited on this
@@ -51,6 +52,8 @@ class DataConfig:
             raise ValueError("data.num_workers must be >= 0")
         if self.shuffle_buffer < 0:
             raise ValueError("data.shuffle_buffer must be >= 0")
+        if self.interleave < 1:
+            raise ValueError("data.interleave must be >= 1")
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
             raise ValueError(f"data.background must be three values in 0..255, got {self.background}")
         if self.max_pixels < 1:
@@ -143,6 +146,9 @@ class DalleTrainConfig(TrainConfig):
     # how a fresh run starts the image-code embedding and head: "random" (GPT-2 init) or "codebook"
     # (from what each code looks like: DalleTransformer.init_image_codes; needs a PatchVQ)
     code_init: str = "random"
+    # the image loss chunk by chunk, without the (B, image_len, V) logits (train.fused_ce): same loss,
+    # a faster step; off: logits then cross-entropy, as written in dalle_loss
+    fused_image_loss: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -33,6 +33,7 @@ from dalle.tokenizer import TextTokenizer
 from train.checkpoints import check_resumable
 from train.config import DalleTrainConfig
 from train.frozen import hold
+from train.fused_ce import linear_cross_entropy
 from train.optim import NonFiniteSteps, build_optimizer, optimizer_config
 from vqvae.registry import load_image_tokenizer
 
@@ -239,16 +240,34 @@ class DalleModule(L.LightningModule):
         seed = int(np.random.SeedSequence([self.train_config.seed, step, micro, rank]).generate_state(1)[0])
         gen = torch.Generator().manual_seed(seed)
         text_tokens = drop_captions(text_tokens, self.train_config.caption_dropout, self.null_tokens, gen)
-        logits = self.model(text_tokens, image_tokens[:, :-1])   # inputs: every code but the last
-        return dalle_loss(logits, text_tokens, image_tokens, self.train_config.text_loss_weight)
+        return self._loss(text_tokens, image_tokens)
+
+    def _loss(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> DalleLoss:
+        """The weighted loss of full sequences; the image term through :func:`linear_cross_entropy`
+        (no (B, image_len, V) logits) unless ``fused_image_loss`` is off, the model is compiled (its
+        compiled forward computes the logits) or the run shards with FSDP, whose flattened parameters
+        only the wrapped forward may read."""
+        cfg = self.train_config
+        inputs = image_tokens[:, :-1]                             # every code but the last
+        if not cfg.fused_image_loss or cfg.compile or cfg.strategy == "fsdp":
+            return dalle_loss(self.model(text_tokens, inputs), text_tokens, image_tokens, cfg.text_loss_weight)
+        model = self.model
+        t = model.config.text_len
+        h = model.hidden(text_tokens, inputs)                     # (B, text_len + image_len - 1, C)
+        text_logits = model.text_head(h[:, : t - 1]).float()
+        text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]), text_tokens[:, 1:].reshape(-1))
+        hi = h[:, t - 1:]
+        image_loss = linear_cross_entropy(hi.reshape(-1, hi.shape[-1]), model.image_head.weight,
+                                          image_tokens.reshape(-1))
+        w = cfg.text_loss_weight
+        return DalleLoss(w * text_loss + (1.0 - w) * image_loss, text_loss, image_loss)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Held-out loss of the full captions (no caption dropout): the learning curve's y axis."""
         text_tokens, image_tokens = batch["text_tokens"], batch.get("image_tokens")
         if image_tokens is None:
             image_tokens = self._encode_images(batch["images"])
-        logits = self.model(text_tokens, image_tokens[:, :-1])
-        out = dalle_loss(logits, text_tokens, image_tokens, self.train_config.text_loss_weight)
+        out = self._loss(text_tokens, image_tokens)
         bs = text_tokens.shape[0]
         self.log_dict({"val/loss": out.loss, "val/text_loss": out.text_loss, "val/image_loss": out.image_loss},
                       on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)

@@ -44,3 +44,23 @@ def test_rate_distortion_script(image_shards, tmp_path):
                      "--vqvae", str(tmp_path / "vqvae"))
     assert "JPEG quality: q5" in out and "q90" in out
     assert "dVAE: 80 bits/image" in out      # tiny: 4x4 codes out of 32
+
+
+def test_train_benchmark_compares_both_loss_paths():
+    out = run_script("bench/bench_dalle_train.py", "--preset", "tiny", "--seconds", "0.2",
+                     "--precisions", "fp32", "--losses", "fused,plain")
+    assert "fp32 fused" in out and "fp32 plain" in out and "fused / plain throughput (fp32)" in out
+
+
+def test_peer_benchmark_names_the_missing_peer_code(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "bench/bench_peer_train.py", "--peer-dir", str(tmp_path)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "minDALL-E's stage2 code not found" in r.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "peers" / "minDALL-E" / "stage2" / "transformer.py").is_file(),
+                    reason="minDALL-E's code is not in peers/ (never committed; see the script)")
+def test_peer_benchmark_runs_both_models():
+    out = run_script("bench/bench_peer_train.py", "--preset", "tiny", "--seconds", "0.2", "--rounds", "1")
+    assert "x minDALL-E" in out and "ours-fused" in out

@@ -121,7 +121,8 @@ def test_training_null_caption_is_the_samplers(tiny_tokenizer, monkeypatch):
 def test_module_applies_caption_dropout_reproducibly():
     module = make_module(caption_dropout=0.5)
     seen = []
-    module.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    embed = module.model._embed                         # what the model reads, whichever loss path
+    module.model._embed = lambda text, image: (seen.append(text.clone()), embed(text, image))[1]
     batch = token_batch(module.config, 32)
     null = module.null_tokens
     for step in (7, 7, 8):
@@ -218,12 +219,12 @@ def batch_loader(cfg, n: int, skipped=None):
 
 
 def nan_on_steps(module: DalleModule, steps) -> None:
-    """Make the model's logits NaN at the given global steps."""
-    def hook(model, args, output):
+    """Make the model's caption logits NaN at the given global steps (whichever image-loss path)."""
+    def hook(head, args, output):
         if module.global_step in steps:
-            return Logits(output.text * float("nan"), output.image)
+            return output * float("nan")
         return output
-    module.model.register_forward_hook(hook)
+    module.model.text_head.register_forward_hook(hook)
 
 
 class Snapshots(L.Callback):
@@ -291,7 +292,8 @@ def test_on_the_fly_tokenises_images_with_the_frozen_vqvae(tmp_path):
     module = DalleModule(preset.dalle, train_cfg, vqvae_dir=str(tmp_path / "vqvae"))
     module.configure_model()
     seen = []
-    module.model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    embed = module.model._embed                         # what the model reads, whichever loss path
+    module.model._embed = lambda text, image: (seen.append(image.clone()), embed(text, image))[1]
     r = preset.vqvae.resolution
     images = torch.rand(3, 3, r, r, generator=torch.Generator().manual_seed(1))
     batch = {"images": images, "text_tokens": token_batch(preset.dalle, 3)["text_tokens"],

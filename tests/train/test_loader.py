@@ -202,3 +202,28 @@ def test_rank_share_imbalance_is_warned_with_the_repeat_count(tmp_path, tiny_pre
     with caplog.at_level("WARNING"):
         image_dataset([even[0], big[0]], tiny_preset.data, batch_size=2, rank=0, world_size=2)
     assert "differ by more than 2x" not in caplog.text
+
+
+def test_interleave_takes_samples_from_several_shards_in_turn(tmp_path):
+    from common.samples import SkipCounter
+    from train.data.loader import interleave_shards
+
+    urls = [str(p) for p in write_sized_shards(tmp_path, [3, 1, 2, 2])]
+    order = lambda k: [s["__key__"] for s in interleave_shards(urls, SkipCounter(), k)]
+    one = order(1)
+    assert len(one) == 8 and order(99) == order(4)           # no more readers than shards
+    two = order(2)                                            # readers: shards 0, 2 and shards 1, 3
+    assert sorted(two) == sorted(one) and two != one
+    assert two == [one[0], one[3], one[1], one[6], one[2], one[7], one[4], one[5]]
+    assert order(2) == two                                     # a fixed order: resume by counting stays exact
+
+
+def test_training_batches_mix_shards_that_each_hold_one_kind(tmp_path, tiny_preset):
+    """Two shards of 8 samples each, no shuffle buffer: with interleave 2 every batch of 4 mixes both."""
+    shards = write_sized_shards(tmp_path, [8, 8])
+    for k, mixed in ((1, False), (2, True)):
+        cfg = dataclasses.replace(tiny_preset.data, shuffle_buffer=0, num_workers=0, interleave=k)
+        ds = image_dataset([str(s) for s in shards], cfg, batch_size=4, train=True, seed=0)
+        batches = [[int(key) // 8 for key in b["keys"]] for b in make_loader(ds, 0)]   # which shard
+        assert len(batches) == 4
+        assert all(len(set(b)) == (2 if mixed else 1) for b in batches), (k, batches)

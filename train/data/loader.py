@@ -86,6 +86,8 @@ class ShardStream(IterableDataset):
         resampled: draw shards with replacement (endless unless ``batches_per_rank``).
         seed: base of every random choice.
         shuffle_buffer: samples in the shuffle buffer (raw bytes, before decoding).
+        interleave: shards read at once in training, their samples taken in turn (see
+            :func:`interleave_shards`); 1: one shard after another.
         rank, world_size: this process and the number of processes.
         num_workers: DataLoader workers planned (checked again when iterating).
         batches_per_rank: batches each rank yields per epoch; None for one pass / endless.
@@ -93,7 +95,8 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls: list[str], *, decoder_factory: DecoderFactory, collate: Collate,
                  batch_size: int, train: bool, resampled: bool, seed: int, shuffle_buffer: int,
-                 rank: int, world_size: int, num_workers: int, batches_per_rank: int | None):
+                 rank: int, world_size: int, num_workers: int, batches_per_rank: int | None,
+                 interleave: int = 1):
         super().__init__()
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
@@ -107,6 +110,7 @@ class ShardStream(IterableDataset):
         self.resampled = resampled
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
+        self.interleave = max(1, int(interleave))
         self.rank, self.world_size = rank, world_size
         self.batches_per_rank = batches_per_rank
         self.epoch = 0
@@ -159,7 +163,7 @@ class ShardStream(IterableDataset):
         usable = 0
         n_raw = 0
         for urls in self._passes(worker, n_workers):
-            raw = read_samples(urls, counter)
+            raw = interleave_shards(urls, counter, self.interleave if self.train else 1)
             if self.train and self.shuffle_buffer > 1:
                 raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer,
                                            initial=min(100, self.shuffle_buffer), rng=rng)
@@ -324,6 +328,31 @@ class ShardLoader(DataLoader):
             self._resume = state_r
 
 
+def interleave_shards(urls: list[str], counter: SkipCounter, k: int) -> Iterator[dict]:
+    """Raw samples of ``urls``, ``k`` shards open at a time, one sample from each in turn.
+
+    A shuffle buffer smaller than a shard cannot mix shards that each hold one kind of data (the
+    built-in builders write signs, scenes and emoji to separate shards; a crawl may be sorted by
+    site): read one after another, training would see thousands of steps of one kind, then of the
+    next. Shard ``j`` of the list goes to reader ``j % k``, each reader goes through its shards in
+    order, and the readers take turns (a finished one drops out), so the order is a fixed function
+    of the list: resuming by counting raw samples stays exact.
+    """
+    k = max(1, min(k, len(urls)))
+    if k == 1:
+        yield from read_samples(urls, counter)
+        return
+    readers = [read_samples(urls[j::k], counter) for j in range(k)]
+    while readers:
+        alive = []
+        for r in readers:
+            sample = next(r, None)
+            if sample is not None:
+                yield sample
+                alive.append(r)
+        readers = alive
+
+
 def _float_images(batches: Iterator[dict]) -> Iterator[dict]:
     for batch in batches:
         if "images" in batch:
@@ -456,7 +485,7 @@ def build_stream(sources: Any, data_cfg: DataConfig, *, decoder_factory: Decoder
         warn_share_imbalance(urls, seed=seed, world_size=world_size, quota=n * batch_size)
     return ShardStream(urls, decoder_factory=decoder_factory, collate=collate, batch_size=batch_size,
                        train=train, resampled=resampled, seed=seed,
-                       shuffle_buffer=data_cfg.shuffle_buffer if train else 0,
+                       shuffle_buffer=data_cfg.shuffle_buffer if train else 0, interleave=data_cfg.interleave,
                        rank=rank, world_size=world_size, num_workers=data_cfg.num_workers,
                        batches_per_rank=n)
 
