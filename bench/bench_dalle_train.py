@@ -50,6 +50,11 @@ def measure(module: DalleModule, batch: dict, precision: str, seconds: float, de
         sched.step()
         return out.loss.item()
 
+    return time_steps(step, seconds, warmup)
+
+
+def time_steps(step, seconds: float, warmup: int = 2) -> tuple[int, float, float]:
+    """Call ``step(i)`` ``warmup`` times, then for about ``seconds``; returns (steps, elapsed s, last loss)."""
     for i in range(warmup):
         step(i)
     steps, t0, loss = 0, time.perf_counter(), float("nan")
@@ -69,6 +74,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every variant, interleaved")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args()
+    for loss_path in args.losses.split(","):
+        if loss_path not in ("fused", "plain"):
+            parser.error(f"unknown loss path {loss_path!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -84,8 +92,6 @@ def main() -> None:
     for r in range(args.rounds):
         for precision in args.precisions.split(","):
             for loss_path in args.losses.split(","):
-                if loss_path not in ("fused", "plain"):
-                    parser.error(f"unknown loss path {loss_path!r}")
                 torch.manual_seed(0)
                 module = DalleModule(cfg, dataclasses.replace(train_cfg, fused_image_loss=loss_path == "fused"))
                 module.configure_model()

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.bench_dalle_train import measure, random_batch
+from bench.bench_dalle_train import measure, random_batch, time_steps
 from train.config import load_preset
 from train.dalle_module import DalleModule
 
@@ -62,7 +62,7 @@ def peer_step_fn(peer, batch: dict, train_cfg, precision: str, text_len: int):
     w = train_cfg.text_loss_weight
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
-    def step() -> float:
+    def step(i: int) -> float:
         with amp:
             logits_img, logits_txt = peer(image, text, pos_i, pos_t)
             loss = (w * F.cross_entropy(logits_txt.reshape(-1, logits_txt.shape[-1]), text[:, 1:].reshape(-1))
@@ -121,14 +121,8 @@ def main() -> None:
             torch.manual_seed(0)
             if variant == "minDALL-E":
                 peer = Transformer1d(cfg.text_vocab_total, cfg.image_vocab_size, hparams).train()
-                step = peer_step_fn(peer, batch, train_cfg, args.precision, cfg.text_len)
-                for _ in range(2):
-                    step()
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < args.seconds:
-                    step()
-                    n += 1
-                sec = time.perf_counter() - t0
+                n, sec, _ = time_steps(peer_step_fn(peer, batch, train_cfg, args.precision, cfg.text_len),
+                                       args.seconds)
             else:
                 tc = dataclasses.replace(train_cfg, fused_image_loss=variant == "ours-fused")
                 module = DalleModule(cfg, tc)

@@ -13,13 +13,12 @@ two are interchangeable only if the encoder's centroids are identical, which is 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dalle.api import Dalle
-from dalle.bundle import save_bundle
+from dalle.tokenizer import TextTokenizer
 from train.config import load_preset, with_image_tokenizer
 from train.dalle_fit import model_from_checkpoint
 from vqvae.registry import load_image_tokenizer
@@ -54,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
         model, info = model_from_checkpoint(a.model, dalle_config)
         meta = {"preset": a.preset, "global_step": info["global_step"], "checkpoint": a.model.name}
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = Dalle.from_pretrained(save_bundle(Path(tmp) / "b", model=model, vqvae=image_tokenizer,
-                                                       tokenizer_path=a.tokenizer, meta=meta), device="cpu")
-            bundle.tokenizer.path = a.tokenizer      # the temporary copy disappears with tmp
+        tokenizer = TextTokenizer(a.tokenizer, dalle_config.text_len, dalle_config.text_vocab_size)
+        bundle = Dalle(model, image_tokenizer, tokenizer, meta=meta)
     else:
         bundle = Dalle.from_pretrained(a.model, device="cpu")
         bundle.image_tokenizer = image_tokenizer

@@ -84,12 +84,18 @@ def dalle_loss(logits: Any, text_tokens: torch.Tensor, image_tokens: torch.Tenso
     Returns:
         :class:`DalleLoss`.
     """
-    text_logits = logits.text.float()    # (B, text_len - 1, V_text)
     image_logits = logits.image.float()  # (B, image_len, V_image)
-    text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]),
-                                text_tokens[:, 1:].reshape(-1))
     image_loss = F.cross_entropy(image_logits.reshape(-1, image_logits.shape[-1]),
                                  image_tokens.reshape(-1))
+    return weighted_loss(logits.text, text_tokens, image_loss, text_loss_weight)
+
+
+def weighted_loss(text_logits: torch.Tensor, text_tokens: torch.Tensor, image_loss: torch.Tensor,
+                  text_loss_weight: float) -> DalleLoss:
+    """The caption's cross-entropy (fp32) from ``text_logits`` (B, text_len - 1, V_text), weighted
+    with an image loss however it was computed."""
+    text_logits = text_logits.float()
+    text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]), text_tokens[:, 1:].reshape(-1))
     loss = text_loss_weight * text_loss + (1.0 - text_loss_weight) * image_loss
     return DalleLoss(loss, text_loss, image_loss)
 
@@ -254,13 +260,10 @@ class DalleModule(L.LightningModule):
         model = self.model
         t = model.config.text_len
         h = model.hidden(text_tokens, inputs)                     # (B, text_len + image_len - 1, C)
-        text_logits = model.text_head(h[:, : t - 1]).float()
-        text_loss = F.cross_entropy(text_logits.reshape(-1, text_logits.shape[-1]), text_tokens[:, 1:].reshape(-1))
         hi = h[:, t - 1:]
         image_loss = linear_cross_entropy(hi.reshape(-1, hi.shape[-1]), model.image_head.weight,
                                           image_tokens.reshape(-1))
-        w = cfg.text_loss_weight
-        return DalleLoss(w * text_loss + (1.0 - w) * image_loss, text_loss, image_loss)
+        return weighted_loss(model.text_head(h[:, : t - 1]), text_tokens, image_loss, cfg.text_loss_weight)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Held-out loss of the full captions (no caption dropout): the learning curve's y axis."""

@@ -110,7 +110,7 @@ class ShardStream(IterableDataset):
         self.resampled = resampled
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.interleave = max(1, int(interleave))
+        self.interleave = interleave
         self.rank, self.world_size = rank, world_size
         self.batches_per_rank = batches_per_rank
         self.epoch = 0
