@@ -7,6 +7,7 @@ traceback and exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -187,6 +188,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
     options = sampling_options(a, model.sampling)
+    options = dataclasses.replace(options, scorer=model.resolve_scorer(options.scorer))
     warn_long_prompts(model, prompts)
     gens = model.generate(prompts, n=a.n, seed=a.seed, options=options, progress=not a.quiet)
     settings = {"n": a.n, "seed": a.seed, **options.to_dict(), "model": str(model.path)}
@@ -207,6 +209,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
     sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
     options = sampling_options(a, model.sampling)
+    options = dataclasses.replace(options, scorer=model.resolve_scorer(options.scorer))
     image = load_edit_image(a.image, model.resolution)                 # (3, R, R) in [0, 1]
     warn_long_prompts(model, [prompt])
     if a.keep_rows is None and a.keep_fraction is None:
@@ -399,9 +402,10 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
                    help="draw this many per prompt and keep the best -n by --scorer")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=16)
-    p.add_argument("--scorer", default="logprob",
-                   help="how --candidates are ranked: logprob (default: mean code log-probability), clip (the "
-                        "model's image-caption scorer), or a scorer directory from 'dalle scorer train'")
+    p.add_argument("--scorer", default="auto",
+                   help="how --candidates are ranked: auto (default: clip when the model has a scorer, else "
+                        "logprob), logprob (mean code log-probability), clip (the model's image-caption scorer), "
+                        "or a scorer directory from 'dalle scorer train'")
     p.add_argument("--show-scores", action="store_true",
                    help="print each image's candidate index and score next to its path")
     p.add_argument("--dtype", default="auto",

@@ -27,7 +27,7 @@ from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.options import SamplingOptions
 from dalle.pipeline import Generation, keep_count, prepare_image, tensor_to_pil
-from dalle.rerank import Candidates, get_scorer, needs_images
+from dalle.rerank import AUTO, Candidates, get_scorer, needs_images, resolve_auto
 from dalle.scorer import ImageTextRerank, ImageTextScorer, attach_scorer, check_scorer, load_bundle_scorer
 from dalle.sampler import image_seed, sample
 from dalle.tokenizer import TextTokenizer
@@ -150,6 +150,11 @@ class Dalle:
     def scorers(self) -> dict[str, Any]:
         """This model's own reranking scorers by name (``{"clip": ...}`` when it has a scorer)."""
         return {} if self.scorer is None else {"clip": ImageTextRerank(self.scorer)}
+
+    def resolve_scorer(self, scorer: str | Callable) -> str | Callable:
+        """The scorer ``"auto"`` stands for on this model (``"clip"`` when it has a scorer, else
+        ``"logprob"``); any other scorer unchanged."""
+        return "clip" if scorer == AUTO and self.scorer is not None else resolve_auto(scorer)
 
     # ---- facts ----------------------------------------------------------------------------
     @property

@@ -24,6 +24,13 @@ def card_header(meta: dict[str, Any]) -> dict[str, Any]:
     return header
 
 
+def _tokenizer_words(image_config: Any) -> str:
+    """What the image tokenizer is, in words, from its config class."""
+    if type(image_config).__name__ == "PatchVQConfig":
+        return "a k-means codebook of pixel patches (PatchVQ, with a learned context decoder)"
+    return "a discrete VAE"
+
+
 def model_card(model_config: Any, image_config: Any, meta: dict[str, Any], body: str | None = None) -> str:
     """README.md text for a bundle.
 
@@ -45,7 +52,7 @@ def model_card(model_config: Any, image_config: Any, meta: dict[str, Any], body:
     g = v.grid_size
     lines = [
         f"# dalle text-to-image model ({meta.get('preset', 'custom')} preset)", "",
-        "A DALL·E-style text-to-image model: a discrete VAE turns a "
+        f"A DALL·E-style text-to-image model: {_tokenizer_words(v)} turns a "
         f"{v.resolution}x{v.resolution} image into {g}x{g} codes out of {v.vocab_size}, and a decoder-only "
         f"transformer ({m.n_layer} layers, {m.n_head} heads, width {m.n_embd}) models a caption's "
         f"{m.text_len} BPE tokens followed by those codes.", "",

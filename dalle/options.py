@@ -34,7 +34,8 @@ class SamplingOptions:
         guidance: classifier-free guidance scale >= 0 (1: off).
         candidates: draw this many per prompt (>= n) and keep the n best by ``scorer`` (None: off).
         batch_size: rows sampled together (guidance doubles them internally).
-        scorer: a name in ``dalle.rerank.SCORERS``, ``"clip"`` (the model's image-caption scorer,
+        scorer: ``"auto"`` (the model's ``"clip"`` scorer when it has one, else ``"logprob"``), a name
+            in ``dalle.rerank.SCORERS``, ``"clip"`` (the model's image-caption scorer,
             ``dalle.rerank.MODEL_SCORERS``) or a callable ``scorer(Candidates) -> (N,)``.
         dtype: ``auto`` (bfloat16 autocast and cache on CUDA, float32 elsewhere), ``float32``,
             ``bfloat16`` or ``float16``.
@@ -48,7 +49,7 @@ class SamplingOptions:
     guidance: float = 1.0
     candidates: int | None = None
     batch_size: int = 16
-    scorer: str | Callable = "logprob"
+    scorer: str | Callable = "auto"
     dtype: str = "auto"
     compile: str | None = None
     use_cache: bool = True

@@ -25,13 +25,18 @@ ALL="$D/scenes $D/signs $D/emoji/train"
 dalle tokenizer train $ALL --preset small --out "$W/tokenizer.json"
 
 # 3. image tokenizer: PatchVQ. The 8192-code k-means codebook of 4x4 patches of 2,500 scenes,
-#    2,000 signs and 500 emoji fixes the codes; the context decoder then trains on top of it
-#    (its codes never change), and its reconstructions are checked on the held-out sets.
+#    2,000 signs and 500 emoji fixes the codes. CONTEXT_DECODER=1 also trains the context decoder on
+#    top of it (its codes never change; 21 min on one core) and ships it; the shipped bundle of
+#    2026-12-03 decodes with the centroids (CONTEXT_DECODER unset).
 dalle vqvae codebook "$D/scenes" "$D/signs" "$D/emoji/train" --images 2500 2000 500 --preset small \
   --out "$W/codebook8192"
-dalle vqvae train $ALL --preset small --init-from "$W/codebook8192" --out "$W/vqvae"
+VQVAE=$W/codebook8192
+if [ "${CONTEXT_DECODER:-0}" = 1 ]; then
+  dalle vqvae train $ALL --preset small --init-from "$W/codebook8192" --out "$W/vqvae"
+  VQVAE=$W/vqvae/export
+fi
 dalle vqvae eval "$D/val_scenes" "$D/heldout_scenes" "$D/val_signs" "$D/heldout_signs" "$D/emoji/val" \
-  --vqvae "$W/vqvae/export" --out "$W/vqvae/eval" --device cpu
+  --vqvae "$VQVAE" --out "$W/vqvae_eval" --device cpu
 
 # 4. token shards (84,286 training samples) and held-out token shards for the learning curve
 dalle tokens "$D/signs" --preset small --vqvae "$W/codebook8192" --out "$D/tokens/signs" --shard-size 5000 --device cpu
@@ -41,10 +46,19 @@ dalle tokens "$D/val_scenes" "$D/val_signs" --preset small --vqvae "$W/codebook8
   --shard-size 250 --device cpu
 
 # 5. transformer: bf16 autocast where the CPU multiplies bfloat16 natively (2x fp32 with AVX-512 BF16),
-#    fp32 elsewhere (emulated bf16 ran 25x slower than fp32 on an AVX2 core); held-out loss every 200
-#    steps; the inference bundle with the trained image decoder
+#    fp32 elsewhere (emulated bf16 ran 25x slower than fp32 on an AVX2 core); held-out loss every 250
+#    steps. MAX_STEPS: the shipped run did 3,600 (about 100 min on one core with the fused loss).
 PRECISION=$(python -c "from train.trainer import cpu_has_bf16; print('bf16-mixed' if cpu_has_bf16() else '32')")
 dalle train --preset small --tokens "$D"/tokens/*/*.tar --val-tokens "$D"/val_tokens/*.tar \
-  --tokenizer "$W/tokenizer.json" --vqvae "$W/vqvae/export" --out "$W/dalle" \
-  --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=200 --set dalle_train.image_every=800
-echo "bundle: $W/dalle/bundle (copy it to dalle/assets/default to ship it)"
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook8192" --out "$W/run" \
+  --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
+  --set dalle_train.max_steps="${MAX_STEPS:-3600}"
+
+# 6. the reranking scorer (3,000 steps of 64: 41 min on one core)
+dalle scorer train "$D/signs" "$D/scenes" --preset small --tokenizer "$W/tokenizer.json" --out "$W/scorer" \
+  --set scorer_train.max_steps=3000
+
+# 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run/bundle" --vqvae "$VQVAE" --codebook "$W/codebook8192" \
+  --scorer "$W/scorer/scorer" --top-k 16 --temperature 1.0 --meta license=mit --out "$W/candidate"
+echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"

@@ -6,9 +6,9 @@ Reads a transformer run directory: ``logs/metrics.csv`` (``val/loss``, ``val/ima
 (``--n`` samples per prompt of the default suite at one temperature, no guidance sweep),
 and writes ``learning_curve.json`` and ``learning_curve.png`` (two panels).
 
-    PYTHONPATH=. python scripts/learning_curve.py ~/.cache/dalle-runs/v2/dalle \\
-        --curve ~/.cache/dalle-runs/v2/curve --tokenizer ~/.cache/dalle-runs/v2/tokenizer.json \\
-        --vqvae ~/.cache/dalle-runs/v2/vqvae/export --out docs/images
+    W=~/.cache/dalle-runs/v2
+    PYTHONPATH=. python scripts/learning_curve.py $W/run $W/run2 --curve $W/curve $W/curve2 --offsets 0 3600 \\
+        --tokenizer $W/tokenizer.json --vqvae $W/codebook8192 --top-k 16 --out docs/images
 """
 from __future__ import annotations
 
@@ -41,10 +41,20 @@ def val_losses(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def merged_val_losses(run_dirs: list[Path], offsets: list[int]) -> list[dict[str, float]]:
+    """The held-out losses of a run and its continuations, each step counted from the first run's start."""
+    return [{**r, "step": off + r["step"]} for run, off in zip(run_dirs, offsets) for r in val_losses(run)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--curve", type=Path, required=True, help="folder of checkpoints kept during the run")
+    p.add_argument("run_dirs", type=Path, nargs="+",
+                   help="the run directory, then any runs that continued it with --init-from, in order")
+    p.add_argument("--curve", type=Path, nargs="+", required=True,
+                   help="folder of checkpoints kept during each run (one per run directory)")
+    p.add_argument("--offsets", type=int, nargs="+", default=None,
+                   help="optimizer steps before each run began (default 0 for the first; a continuation "
+                        "starts where the run it continued ended)")
     p.add_argument("--tokenizer", type=Path, required=True, help="the run's tokenizer.json")
     p.add_argument("--vqvae", type=Path, required=True, help="the run's image tokenizer")
     p.add_argument("--preset", default="small")
@@ -55,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="sampling batch")
     p.add_argument("--train-batch", type=int, default=16, help="samples per optimizer step of the run")
     a = p.parse_args(argv)
+    offsets = a.offsets if a.offsets is not None else [0] * len(a.run_dirs)
+    if not len(a.run_dirs) == len(a.curve) == len(offsets):
+        p.error("give one --curve folder and one --offsets value per run directory")
     image_tokenizer = load_image_tokenizer(a.vqvae)
     dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
     batch = a.train_batch
@@ -64,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     done = {pt["step"]: pt for pt in cached["eval"]} if cached.get("settings") == settings else {}
     points = []
-    for ckpt in sorted(a.curve.glob("step*.ckpt")):
+    for ckpt, offset in [(c, off) for folder, off in zip(a.curve, offsets) for c in sorted(folder.glob("step*.ckpt"))]:
         model, info = model_from_checkpoint(ckpt, dalle_config)
-        step = info["global_step"]
+        step = offset + info["global_step"]            # steps since the first run began
         if step in done:
             points.append(done[step])
             continue
@@ -80,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                        **{part: s["pass@k"]["1"] for part, s in summary.items()}})
         print(points[-1], flush=True)
     points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
-    losses = val_losses(a.run_dir)
+    losses = merged_val_losses(a.run_dirs, offsets)
     a.out.mkdir(parents=True, exist_ok=True)
     record = {"settings": settings, "val": losses, "eval": points}
     (a.out / "learning_curve.json").write_text(json.dumps(record, indent=2) + "\n")

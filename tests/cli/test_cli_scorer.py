@@ -36,6 +36,8 @@ def test_generate_reranks_by_the_scorer_and_shows_the_scores(scorers, tmp_path, 
     base = ["generate", "a red circle", "--model", str(bundle), "-n", "2", "--candidates", "3", "-q",
             "--device", "cpu"]
     _one_line_error(capsys, base + ["--scorer", "clip", "--out", str(tmp_path / "o")], "needs a model")
+    assert main(base + ["--show-scores", "--out", str(tmp_path / "a")]) == 0      # auto: no scorer -> logprob
+    assert capsys.readouterr().out.splitlines()[0].split("\t")[2].startswith("logprob ")
     _one_line_error(capsys, ["scorer", "attach", str(foreign), "--model", str(bundle)], "does not belong")
     assert main(["scorer", "attach", str(own), "--model", str(bundle)]) == 0
     capsys.readouterr()
@@ -45,6 +47,8 @@ def test_generate_reranks_by_the_scorer_and_shows_the_scores(scorers, tmp_path, 
     assert len(shown) == 2 and all(s[2].startswith("clip ") for s in shown)
     scores = [float(s[2].split()[1]) for s in shown]
     assert scores == sorted(scores, reverse=True)
+    assert main(base + ["--show-scores", "--out", str(tmp_path / "b")]) == 0      # auto: the model's scorer
+    assert capsys.readouterr().out.splitlines()[0].split("\t")[2].startswith("clip ")
     png = Image.open(shown[0][0])
     assert png.text["scorer"] == "clip" and float(png.text["score"]) == pytest.approx(scores[0], abs=1e-4)
     grid = Image.open(lines[-1])

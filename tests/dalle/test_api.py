@@ -88,6 +88,17 @@ def test_custom_scorers_plug_in(dalle):
         dalle.generate(["x"], scorer="clip-that-does-not-exist")
 
 
+def test_the_auto_scorer_is_the_models_scorer_when_it_has_one(dalle):
+    from dalle.rerank import get_scorer
+    assert dalle.scorer is None and dalle.resolve_scorer("auto") == "logprob"
+    assert dalle.resolve_scorer("clip") == "clip" and get_scorer("auto") is logprob_scorer
+    own = object()
+    assert get_scorer("auto", bound={"clip": own}) is own
+    auto = dalle.generate(["a red cube"], n=2, seed=3, candidates=3)                 # the default: "auto"
+    by_logprob = dalle.generate(["a red cube"], n=2, seed=3, candidates=3, scorer="logprob")
+    assert [g.index for g in auto] == [g.index for g in by_logprob]
+
+
 def test_edit_keeps_the_kept_codes(dalle, tmp_path):
     cfg, r = dalle.config, dalle.resolution
     g = torch.Generator().manual_seed(0)

@@ -144,3 +144,17 @@ def test_the_progress_bar_counts_steps_of_max_steps_after_a_resume(tmp_path, tin
         out = "".join(capfd.readouterr())                         # tqdm writes to stdout
         bars = [seg for seg in out.split("\r") if "step" in seg and "|" in seg]
         assert bars and f"{steps}/{steps} [" in bars[-1]            # the resumed run too: steps out of max_steps
+
+
+def test_the_model_card_names_the_image_tokenizer_it_describes():
+    from dalle.config import DalleConfig
+    from dalle.model_card import model_card
+    from vqvae.config import VQVAEConfig
+    from vqvae.patch_vq import PatchVQConfig
+
+    meta = {"preset": "small", "global_step": 7}
+    patch = model_card(DalleConfig(), PatchVQConfig(vocab_size=8192), meta)
+    dvae = model_card(DalleConfig(), VQVAEConfig(), meta)
+    assert "k-means codebook of pixel patches" in patch and "discrete VAE" not in patch
+    assert "codes out of 8192" in patch
+    assert "discrete VAE" in dvae and "k-means" not in dvae
