@@ -28,10 +28,22 @@ from vqvae.patch_vq import PatchVQ, PatchVQConfig
 from vqvae.registry import load_image_tokenizer
 
 
+def recolour(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Each image with its RGB channels in one of the 6 orders, drawn per image: the same edges and
+    layouts in other colours (red <-> green <-> blue, yellow <-> cyan <-> purple, ...), so that a
+    codebook of patches meets edges of every colour against every background."""
+    orders = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+    pick = orders[torch.randint(len(orders), (x.shape[0],), generator=torch.Generator().manual_seed(seed))]
+    return torch.stack([img[order] for img, order in zip(x, pick)])
+
+
 def kmeans_baseline(train: list[tuple[str, int]], resolution: int, patch: int, vocab: int,
-                    seed: int = 0) -> tuple[PatchVQ, float]:
-    """A PatchVQ with an untrained decoder: exactly k-means of raw patches. Returns it and the fit seconds."""
+                    seed: int = 0, recoloured: bool = False) -> tuple[PatchVQ, float]:
+    """A PatchVQ with an untrained decoder: exactly k-means of raw patches. Returns it and the fit seconds.
+    ``recoloured``: fitted on the same images, each with its colour channels reordered (:func:`recolour`)."""
     x = torch.cat([load_images(src, resolution, n) for src, n in train])
+    if recoloured:
+        x = recolour(x, seed)
     model = PatchVQ(PatchVQConfig(resolution=resolution, patch=patch, vocab_size=vocab, n_hid=8, n_blocks=0))
     t = time.perf_counter()
     model.fit_codebook(x, iters=15, seed=seed)
@@ -59,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--recolour", action="store_true",
+                   help="also a k-means codebook of the same images with their colour channels reordered")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     train = [(s.rsplit(":", 1)[0], int(s.rsplit(":", 1)[1])) for s in a.train]
@@ -67,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     patch = first.resolution // first.grid_size
     baseline, fit_s = kmeans_baseline(train, first.resolution, patch, first.vocab_size)
     models[f"k-means {first.vocab_size} (fitted in {fit_s:.0f} s)"] = baseline
+    if a.recolour:
+        model, fit_s = kmeans_baseline(train, first.resolution, patch, first.vocab_size, recoloured=True)
+        models[f"k-means {first.vocab_size}, recoloured training images (fitted in {fit_s:.0f} s)"] = model
     results = {}
     for name, model in models.items():
         res = model.config.resolution

@@ -70,6 +70,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 100
     max_steps: int = 1000
+    max_minutes: float = 0.0       # also stop after this many minutes of training (0: no limit); the
+    #                                learning-rate schedule still follows max_steps
     min_lr_ratio: float = 0.1      # cosine decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0
     grad_accum: int = 1
@@ -93,6 +95,8 @@ class TrainConfig:
             raise ValueError("batch_size, max_steps and grad_accum must be positive")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if not self.max_minutes >= 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if isinstance(self.precision, int) and not isinstance(self.precision, bool):
             self.precision = str(self.precision)      # `--set dalle_train.precision=32` reads as a number
         if self.precision not in PRECISIONS:

@@ -10,6 +10,7 @@ checkpoint to resume from (:mod:`train.checkpoints`).
 from __future__ import annotations
 
 import csv
+from datetime import timedelta
 import logging
 import os
 from pathlib import Path
@@ -224,6 +225,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, *, callbacks: Iterable[L.Call
         check_val_every_n_epoch=None,
         use_distributed_sampler=False,   # webdataset splits shards by rank itself
     )
+    if cfg.max_minutes:
+        kwargs["max_time"] = timedelta(minutes=cfg.max_minutes)
     kwargs.update(overrides)
     trainer = L.Trainer(**kwargs)
     check_world_size(trainer, cfg)

@@ -64,3 +64,15 @@ def test_peer_benchmark_names_the_missing_peer_code(tmp_path):
 def test_peer_benchmark_runs_both_models():
     out = run_script("bench/bench_peer_train.py", "--preset", "tiny", "--seconds", "0.2", "--rounds", "1")
     assert "x minDALL-E" in out and "ours-fused" in out
+
+
+def test_recolouring_reorders_each_images_channels_deterministically():
+    import torch
+
+    from bench.bench_tokenizer_ceiling import recolour
+    x = torch.rand(40, 3, 8, 8)
+    a, b = recolour(x, seed=3), recolour(x, seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, recolour(x, seed=4))
+    for img, out in zip(x, a):       # the same three planes, in some order
+        assert sorted(out.flatten(1).sum(1).tolist()) == pytest.approx(sorted(img.flatten(1).sum(1).tolist()))
+    assert sum(not torch.equal(i, o) for i, o in zip(x, a)) > 20   # 5 of 6 orders change the image

@@ -67,3 +67,22 @@ def test_code_init_from_the_codebook_needs_and_uses_a_patch_vq(tmp_path, tiny_to
         fit_dalle(load_preset("tiny", ["dalle_train.code_init=codebook"]), tmp_path / "run2",
                   tokenizer_path=tiny_tokenizer.path, vqvae_dir=dvae_dir, token_shards=shards,
                   enable_progress_bar=False, accelerator="cpu")
+
+
+def test_a_time_budget_stops_training_early_and_still_writes_the_bundle(tmp_path, tiny_tokenizer):
+    import pytest
+
+    from dalle.bundle import load_bundle
+    from tests.train.test_resume import write_token_shards
+    from train.dalle_fit import fit_dalle
+
+    with pytest.raises(ValueError, match="max_minutes"):
+        load_preset("tiny", ["dalle_train.max_minutes=-1"])
+    preset = load_preset("tiny", ["dalle_train.max_steps=100000", "dalle_train.batch_size=4",
+                                  "dalle_train.image_every=0", "dalle_train.max_minutes=0.01"])   # 0.6 s
+    shards = write_token_shards(tmp_path / "tokens", preset, n_shards=1, per_shard=8)
+    vq_dir = DiscreteVAE(preset.vqvae).save(tmp_path / "dvae")
+    path = fit_dalle(preset, tmp_path / "run", tokenizer_path=tiny_tokenizer.path, vqvae_dir=vq_dir,
+                     token_shards=shards, enable_progress_bar=False, accelerator="cpu")
+    steps = load_bundle(path).meta["global_step"]
+    assert 0 < steps < 100000
