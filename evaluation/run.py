@@ -295,7 +295,9 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     # top-k / top-p: None is the model's recommended setting (bundle.json meta.sampling), 0 is off
     top_k = model.sampling.top_k if top_k is None else (top_k or None)
     top_p = model.sampling.top_p if top_p is None else (top_p or None)
-    opts = dict(n=n, seed=seed, top_k=top_k, top_p=top_p, batch_size=batch_size)
+    # each generation's own score is the mean log-probability (the "by logprob" column); the scorer's
+    # values are computed separately (scorer_similarities), so "auto" must not pick it here
+    opts = dict(n=n, seed=seed, top_k=top_k, top_p=top_p, batch_size=batch_size, scorer="logprob")
     base_g = float(guidance_values[0])
 
     runs: dict[str, dict[str, Any]] = {}

@@ -117,9 +117,11 @@ class RenderModel:
         x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255) for im in renders])
         self.image_tokenizer.fit_codebook(x.permute(0, 3, 1, 2), iters=5)       # (N, 3, 64, 64)
         self.calls = []
+        self.scorers = set()   # what each generation's own score was asked to be
 
-    def generate(self, prompts, *, n, seed, temperature, guidance, **_):
+    def generate(self, prompts, *, n, seed, temperature, guidance, scorer="auto", **_):
         self.calls.append((temperature, guidance))
+        self.scorers.add(scorer)
         out = []
         for position, prompt in enumerate(prompts):
             sp = self.suite[position]
@@ -149,6 +151,7 @@ def test_run_eval_counts_real_passes_and_failures(tmp_path, monkeypatch):
     result = run_eval("unused", tmp_path / "eval", suite=suite, n=n, temperatures=(0.8, 1.0), ks=(1, 2),
                       candidates=2, guidance_values=(1.0, 3.0), batch_size=8, frechet=False, n_recon=4)
     assert model.calls == [(0.8, 1.0), (1.0, 1.0), (0.8, 3.0)]
+    assert model.scorers == {"logprob"}      # the "by logprob" column is that, even for a model with a scorer
     for t in (0.8, 1.0):
         rows = result["temperatures"][str(t)]["prompts"]
         assert [r["c"] for r in rows] == [good(j, t, 1.0) for j in range(len(suite))]
