@@ -55,10 +55,14 @@ def _plot_pillow(series, path: Path, *, title: str, xlabel: str, ylabel: str, lo
         y = i / 5 * ymax
         d.line([px(min(xs), y)[0] - 4, px(min(xs), y)[1], left, px(min(xs), y)[1]], fill="black")
         d.text((8, px(min(xs), y)[1] - 6), f"{y:.3g}", fill="black", font=font)
+    last_label = -1e9
     for x in sorted(set(xs)):
         X = px(x, 0)[0]
         d.line([X, h - bottom, X, h - bottom + 4], fill="black")
-        d.text((X - 8, h - bottom + 6), f"{x:g}", fill="black", font=font)
+        label = f"{x:g}"
+        if X - last_label >= 7 * len(label) + 8:     # a tick for every point, a label where it fits
+            d.text((X - 8, h - bottom + 6), label, fill="black", font=font)
+            last_label = X
     d.text((w / 2 - 60, 8), title, fill="black", font=font)
     d.text((w / 2 - 20, h - 20), xlabel, fill="black", font=font)
     d.text((4, top - 20), ylabel, fill="black", font=font)
