@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cli import args as A
 
@@ -91,6 +92,13 @@ def sampling_options(a: argparse.Namespace, recommended=None):
         given["top_p"] = None
     return SamplingOptions(**(base.recommendable() | given), candidates=a.candidates, batch_size=a.batch_size, scorer=scorer,
                            dtype=a.dtype, compile=a.compile, use_cache=not a.no_cache)
+
+
+def model_sampling_options(a: argparse.Namespace, model: Any):
+    """:func:`sampling_options` with ``model``'s recommended settings, its ``auto`` scorer named as what it
+    is on this model (so the settings written beside each image say which scorer ranked it)."""
+    options = sampling_options(a, model.sampling)
+    return dataclasses.replace(options, scorer=model.resolve_scorer(options.scorer))
 
 
 def scorer_dir(a: argparse.Namespace) -> str | None:
@@ -187,8 +195,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from dalle.images import save_generations
     sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
-    options = sampling_options(a, model.sampling)
-    options = dataclasses.replace(options, scorer=model.resolve_scorer(options.scorer))
+    options = model_sampling_options(a, model)
     warn_long_prompts(model, prompts)
     gens = model.generate(prompts, n=a.n, seed=a.seed, options=options, progress=not a.quiet)
     settings = {"n": a.n, "seed": a.seed, **options.to_dict(), "model": str(model.path)}
@@ -208,8 +215,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
     from dalle.images import save_generations
     sampling_options(a)                                    # bad options fail before the model loads
     model = load_model(a)
-    options = sampling_options(a, model.sampling)
-    options = dataclasses.replace(options, scorer=model.resolve_scorer(options.scorer))
+    options = model_sampling_options(a, model)
     image = load_edit_image(a.image, model.resolution)                 # (3, R, R) in [0, 1]
     warn_long_prompts(model, [prompt])
     if a.keep_rows is None and a.keep_fraction is None:

@@ -27,7 +27,7 @@ from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.options import SamplingOptions
 from dalle.pipeline import Generation, keep_count, prepare_image, tensor_to_pil
-from dalle.rerank import AUTO, Candidates, get_scorer, needs_images, resolve_auto
+from dalle.rerank import Candidates, get_scorer, needs_images, resolve_auto
 from dalle.scorer import ImageTextRerank, ImageTextScorer, attach_scorer, check_scorer, load_bundle_scorer
 from dalle.sampler import image_seed, sample
 from dalle.tokenizer import TextTokenizer
@@ -154,7 +154,7 @@ class Dalle:
     def resolve_scorer(self, scorer: str | Callable) -> str | Callable:
         """The scorer ``"auto"`` stands for on this model (``"clip"`` when it has a scorer, else
         ``"logprob"``); any other scorer unchanged."""
-        return "clip" if scorer == AUTO and self.scorer is not None else resolve_auto(scorer)
+        return resolve_auto(scorer, self.scorers())
 
     # ---- facts ----------------------------------------------------------------------------
     @property

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from vqvae.patch_vq import PatchVQConfig
+
 CARD = "README.md"
 TAGS = ["text-to-image", "dalle", "autoregressive", "transformer", "vq-vae"]
 
@@ -26,8 +28,8 @@ def card_header(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer_words(image_config: Any) -> str:
     """What the image tokenizer is, in words, from its config class."""
-    if type(image_config).__name__ == "PatchVQConfig":
-        return "a k-means codebook of pixel patches (PatchVQ, with a learned context decoder)"
+    if isinstance(image_config, PatchVQConfig):
+        return "a k-means codebook of pixel patches (PatchVQ)"
     return "a discrete VAE"
 
 

@@ -12,8 +12,9 @@ bundle's own tokenizer. Their names are in :data:`MODEL_SCORERS`; the model obje
 passes its own instances to :func:`get_scorer` as ``bound``.
 
 ``"auto"`` (the default) is the model's ``"clip"`` scorer when it has one, else ``"logprob"``:
-on the default model's eval, best of 8 by its scorer closed 43-47% of the pass@1 -> pass@8 gap
-in distribution, while mean log-probability made pass@1 worse than no reranking (BENCHMARKS.md).
+on every default-model candidate measured, best of 8 by mean log-probability passed less than no
+reranking, while best of 8 by the scorer passed up to 8x more and at worst 0.057 against 0.058
+(BENCHMARKS.md, 2026-12-03).
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ checkpoint to resume from (:mod:`train.checkpoints`).
 from __future__ import annotations
 
 import csv
-from datetime import timedelta
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
