@@ -36,18 +36,18 @@ mark() { echo "$1 $(( $(date +%s) - T0 )) s" | tee -a "$OUT/times.txt"; }
 
 # 1. data: the held-out and validation sets, then the training sets in parallel jobs of PER_JOB each
 pids=()
-[ -d "$D/heldout_signs" ] || { $DALLE data signs "$D/heldout_signs" -n $HELD --seed 102 --split heldout & pids+=($!); }
-[ -d "$D/heldout_scenes" ] || { $DALLE data scenes "$D/heldout_scenes" -n $HELD --seed 101 --split heldout & pids+=($!); }
-[ -d "$D/val_scenes" ] || { $DALLE data scenes "$D/val_scenes" -n $HELD --seed 103 & pids+=($!); }
-[ -d "$D/val_signs" ] || { $DALLE data signs "$D/val_signs" -n $HELD --seed 104 & pids+=($!); }
-for i in $(seq 1 $SIGN_JOBS); do
-  [ -d "$D/signs/$i" ] || { $DALLE data signs "$D/signs/$i" -n $PER_JOB --seed $((1000 + i)) & pids+=($!); }
+build() {   # build KIND DIR ARGS...: one data job in the background, at most JOBS at a time
+  local kind=$1 dir=$2; shift 2
+  [ -d "$dir" ] && return 0
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
-done
-for i in $(seq 1 $SCENE_JOBS); do
-  [ -d "$D/scenes/$i" ] || { $DALLE data scenes "$D/scenes/$i" -n $PER_JOB --seed $((2000 + i)) & pids+=($!); }
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
-done
+  $DALLE data "$kind" "$dir" "$@" & pids+=($!)
+}
+build signs "$D/heldout_signs" -n $HELD --seed 102 --split heldout
+build scenes "$D/heldout_scenes" -n $HELD --seed 101 --split heldout
+build scenes "$D/val_scenes" -n $HELD --seed 103
+build signs "$D/val_signs" -n $HELD --seed 104
+for i in $(seq 1 $SIGN_JOBS); do build signs "$D/signs/$i" -n $PER_JOB --seed $((1000 + i)); done
+for i in $(seq 1 $SCENE_JOBS); do build scenes "$D/scenes/$i" -n $PER_JOB --seed $((2000 + i)); done
 for p in "${pids[@]}"; do wait "$p"; done
 mark data
 
