@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evaluation.recon import evaluate_sources
@@ -37,13 +38,40 @@ def recolour(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.stack([img[order] for img, order in zip(x, pick)])
 
 
+def palette_recolour(spec: dict, rng: np.random.Generator) -> dict:
+    """A scene spec with its object colours mapped through one random permutation of the scene palette
+    (:data:`synth.scenes.COLORS`): the same layout, shapes and background, every colour still a colour
+    the data has. Drawn without knowing the held-out pairs, so it also makes some of them."""
+    from synth.scenes import COLORS
+    names = list(COLORS)
+    perm = dict(zip(names, (names[i] for i in rng.permutation(len(names)))))
+    return {**spec, "objects": [{**o, "color": perm[o["color"]]} for o in spec["objects"]]}
+
+
+def load_training_images(src: str, resolution: int, n: int, recoloured: str | None, seed: int) -> torch.Tensor:
+    """``n`` training images of ``src``; ``recoloured="channels"`` reorders each image's colour channels,
+    ``"palette"`` re-renders each scene with its colours permuted within the palette (other kinds of
+    image are kept as they are)."""
+    if recoloured != "palette":
+        x = load_images(src, resolution, n)
+        return recolour(x, seed) if recoloured == "channels" else x
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from synth.scenes import render_scene
+    x, descriptions = load_described_images(src, resolution, n)
+    if not descriptions:
+        return x
+    rng = np.random.default_rng(seed)
+    out = [pil_to_tensor(render_scene(palette_recolour(d, rng), resolution)).float() / 255.0
+           if d.get("kind") == "scene" else img for img, d in zip(x, descriptions)]
+    return torch.stack(out)
+
+
 def kmeans_baseline(train: list[tuple[str, int]], resolution: int, patch: int, vocab: int,
-                    seed: int = 0, recoloured: bool = False) -> tuple[PatchVQ, float]:
+                    seed: int = 0, recoloured: str | None = None) -> tuple[PatchVQ, float]:
     """A PatchVQ with an untrained decoder: exactly k-means of raw patches. Returns it and the fit seconds.
-    ``recoloured``: fitted on the same images, each with its colour channels reordered (:func:`recolour`)."""
-    x = torch.cat([load_images(src, resolution, n) for src, n in train])
-    if recoloured:
-        x = recolour(x, seed)
+    ``recoloured``: fitted on the same images recoloured (:func:`load_training_images`)."""
+    x = torch.cat([load_training_images(src, resolution, n, recoloured, seed + i) for i, (src, n) in enumerate(train)])
     model = PatchVQ(PatchVQConfig(resolution=resolution, patch=patch, vocab_size=vocab, n_hid=8, n_blocks=0))
     t = time.perf_counter()
     model.fit_codebook(x, iters=15, seed=seed)
@@ -71,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--recolour", action="store_true",
-                   help="also a k-means codebook of the same images with their colour channels reordered")
+    p.add_argument("--recolour", nargs="?", const="channels", choices=("channels", "palette"), default=None,
+                   help="also a k-means codebook of the same images recoloured: 'channels' (the default) "
+                        "reorders each image's colour channels, 'palette' permutes each scene's colours "
+                        "within the scene palette")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     train = [(s.rsplit(":", 1)[0], int(s.rsplit(":", 1)[1])) for s in a.train]
@@ -82,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     baseline, fit_s = kmeans_baseline(train, first.resolution, patch, first.vocab_size)
     models[f"k-means {first.vocab_size} (fitted in {fit_s:.0f} s)"] = baseline
     if a.recolour:
-        model, fit_s = kmeans_baseline(train, first.resolution, patch, first.vocab_size, recoloured=True)
-        models[f"k-means {first.vocab_size}, recoloured training images (fitted in {fit_s:.0f} s)"] = model
+        model, fit_s = kmeans_baseline(train, first.resolution, patch, first.vocab_size, recoloured=a.recolour)
+        models[f"k-means {first.vocab_size}, training images recoloured by {a.recolour} "
+               f"(fitted in {fit_s:.0f} s)"] = model
     results = {}
     for name, model in models.items():
         res = model.config.resolution

@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny preset, real image shards and a tiny tokenizer written to tmp_path."""
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_log_handlers():
+    """``dalle``'s main() calls ``logging.basicConfig``, which gives the root logger a handler on the
+    sys.stderr of the moment: under capsys, a capture stream closed when the test ends. Later tests
+    then log into a closed stream ("--- Logging error ---" in their output). Remove what a test added."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 @pytest.fixture
 def tiny_preset() -> Preset:
