@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+import lightning.pytorch  # noqa: F401  (imported here, see _no_leftover_log_handlers)
 import pytest
 import torch
 
@@ -27,7 +28,9 @@ def _one_torch_thread():
 def _no_leftover_log_handlers():
     """``dalle``'s main() calls ``logging.basicConfig``, which gives the root logger a handler on the
     sys.stderr of the moment: under capsys, a capture stream closed when the test ends. Later tests
-    then log into a closed stream ("--- Logging error ---" in their output). Remove what a test added."""
+    then log into a closed stream ("--- Logging error ---" in their output). Remove what a test added.
+    Lightning gives its own loggers such a handler when first imported, hence its import at the top
+    of this file, before any test captures sys.stderr."""
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
     yield
