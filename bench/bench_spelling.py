@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"| caption tokenizer | steps | image loss, val signs | image loss, held-out words | "
              f"pass@1 / word match, in-dist signs | pass@1 / word match, held-out words |", "|---|---|---|---|---|---|"]
     for v, r in results.items():
-        e = r["eval"]
-        cell = lambda part: (f"{e[part]['pass@1']:.3f} / {e[part]['match']:.3f}" if part in e else "-")  # noqa: E731
+        cells = [f"{r['eval'][part]['pass@1']:.3f} / {r['eval'][part]['match']:.3f}" if part in r["eval"] else "-"
+                 for part in ("in_distribution", "heldout_words")]
         lines.append(f"| {v} | {r['steps']} | {r['val_signs']['image_loss']:.4f} | "
-                     f"{r['heldout_signs']['image_loss']:.4f} | {cell('in_distribution')} | {cell('heldout_words')} |")
+                     f"{r['heldout_signs']['image_loss']:.4f} | {' | '.join(cells)} |")
     (w / "spelling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -48,13 +48,11 @@ def palette_recolour(spec: dict, rng: np.random.Generator) -> dict:
     return {**spec, "objects": [{**o, "color": perm[o["color"]]} for o in spec["objects"]]}
 
 
-def load_training_images(src: str, resolution: int, n: int, recoloured: str | None, seed: int) -> torch.Tensor:
-    """``n`` training images of ``src``; ``recoloured="channels"`` reorders each image's colour channels,
-    ``"palette"`` re-renders each scene with its colours permuted within the palette (other kinds of
-    image are kept as they are)."""
-    if recoloured != "palette":
-        x = load_images(src, resolution, n)
-        return recolour(x, seed) if recoloured == "channels" else x
+def load_training_images(src: str, resolution: int, n: int, *, palette: bool = False, seed: int = 0) -> torch.Tensor:
+    """``n`` training images of ``src``; with ``palette``, each scene re-rendered from its description
+    with its colours permuted within the palette (:func:`palette_recolour`; other images kept as they are)."""
+    if not palette:
+        return load_images(src, resolution, n)
     from torchvision.transforms.functional import pil_to_tensor
 
     from synth.scenes import render_scene
@@ -70,8 +68,12 @@ def load_training_images(src: str, resolution: int, n: int, recoloured: str | No
 def kmeans_baseline(train: list[tuple[str, int]], resolution: int, patch: int, vocab: int,
                     seed: int = 0, recoloured: str | None = None) -> tuple[PatchVQ, float]:
     """A PatchVQ with an untrained decoder: exactly k-means of raw patches. Returns it and the fit seconds.
-    ``recoloured``: fitted on the same images recoloured (:func:`load_training_images`)."""
-    x = torch.cat([load_training_images(src, resolution, n, recoloured, seed + i) for i, (src, n) in enumerate(train)])
+    ``recoloured``: fitted on the same images with their colour channels reordered (``"channels"``,
+    :func:`recolour`) or their scenes' colours permuted within the palette (``"palette"``)."""
+    x = torch.cat([load_training_images(src, resolution, n, palette=recoloured == "palette", seed=seed + i)
+                   for i, (src, n) in enumerate(train)])
+    if recoloured == "channels":
+        x = recolour(x, seed)
     model = PatchVQ(PatchVQConfig(resolution=resolution, patch=patch, vocab_size=vocab, n_hid=8, n_blocks=0))
     t = time.perf_counter()
     model.fit_codebook(x, iters=15, seed=seed)

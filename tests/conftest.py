@@ -38,6 +38,7 @@ def _no_leftover_log_handlers():
         root.removeHandler(handler)
     root.setLevel(level)
 
+
 @pytest.fixture
 def tiny_preset() -> Preset:
     """The ``tiny`` preset (16 px images, 4x4 codes, text_len 8)."""
