@@ -29,6 +29,7 @@ positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite 
 nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 probability = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+share = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 seed = _number(int, lambda v: 0 <= v < 2**63, "a seed in [0, 2**63)")
 scale = _number(int, lambda v: 1 <= v <= 32, "a whole number from 1 to 32")
 

@@ -258,6 +258,8 @@ def cmd_data_synthetic(a: argparse.Namespace) -> int:
     if a.data_command == "signs":
         from synth.signs import DEFAULT_HELD_OUT_WORDS
         extra["held_out"] = (*DEFAULT_HELD_OUT_WORDS, *a.held_out_words)
+    else:
+        extra["relation_share"] = a.relation_share
     for p in build(a.out, a.n, resolution=a.resolution, seed=a.seed, split=a.split, shard_size=a.shard_size,
                    **extra):
         print(p)
@@ -360,7 +362,7 @@ def cmd_scorer_train(a: argparse.Namespace) -> int:
     from train.scorer_fit import fit_scorer
     preset = load_preset_arg(a, "scorer_train")
     print(fit_scorer(preset, Path(a.out), train_shards=a.shards, tokenizer_path=a.tokenizer,
-                     resume=not a.no_resume))
+                     resume=not a.no_resume, init_from=a.init_from))
     return 0
 
 
@@ -486,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--held-out-words", type=A.word_list, default=[], metavar="WORD,...",
                            help="words kept out of training in addition to the defaults "
                                 "(OpenAI, MUSEUM, ROBOTS, KEDUVA, ZUGEVU, NIMUZA); --split heldout draws only them")
+        else:
+            q.add_argument("--relation-share", type=A.share, default=0.0, metavar="F",
+                           help="share of scenes drawn as two objects whose caption says where one is "
+                                "relative to the other (default 0: about 7%% do by chance)")
         q.set_defaults(func=cmd_data_synthetic)
     q = dsub.add_parser("emoji", help="write emoji artwork with their names as img2dataset shards")
     q.add_argument("out", metavar="OUT_DIR")
@@ -576,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tokenizer", required=True, help="the tokenizer.json of the model it will rerank for")
     q.add_argument("--out", default="runs/scorer", help="run directory; the scorer is written to OUT/scorer")
     q.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
+    q.add_argument("--init-from", default=None, metavar="SCORER_DIR",
+                   help="start a fresh run from this exported scorer's weights (same architecture and "
+                        "tokenizer), e.g. to fine-tune the default model's scorer")
     q.add_argument("--logger", choices=("csv", "tensorboard"), default=None,
                    help="csv (default: out/logs/metrics.csv) or tensorboard (the tensorboard extra)")
     add_preset(q)

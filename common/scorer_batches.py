@@ -18,9 +18,10 @@ auxiliary heads of training (:mod:`train.scorer_module`): "aux_cells" (B, aux_gr
 a scene the colour-shape class of the object under each cell centre of an aux_grid x
 aux_grid grid (:data:`N_CELL_CLASSES` - 1 for the background), "aux_counts"
 (B, :data:`N_CELL_CLASSES` - 1), for a scene how many objects of each colour-shape pair it
-has (0..4), "aux_relation" (B, 2), for a scene the relation its caption states (0: none, then
-``synth.scenes.RELATIONS``) and the colour-shape class of its subject (the background class
-when there is none), and "aux_chars" (B, :data:`MAX_CHARS`), for a sign the letters of its
+has (0..4), "aux_relation" (B, 4), for a scene the relation its caption states (0: none, then
+``synth.scenes.RELATIONS``), the colour-shape class of its subject, and the classes of the two
+objects in reading order along the relation's axis (the left one then the right one, the upper
+one then the lower one; background classes when there is no relation), and "aux_chars" (B, :data:`MAX_CHARS`), for a sign the letters of its
 word (26 after the end); -1 where a sample has no such truth.
 """
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ScorerSample:
     cells: torch.Tensor | None = None    # (aux_grid^2,) int64, -1: no scene truth
     chars: torch.Tensor | None = None    # (MAX_CHARS,) int64, -1: no sign truth
     counts: torch.Tensor | None = None   # (N_CELL_CLASSES - 1,) int64, -1: no scene truth
-    relation: torch.Tensor | None = None  # (2,) int64: relation, subject class; -1: no scene truth
+    relation: torch.Tensor | None = None  # (4,) int64: relation, subject, first, second class; -1: no scene truth
 
 
 def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
@@ -68,7 +69,7 @@ def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
     cells = torch.full((grid * grid,), -1, dtype=torch.long)
     chars = torch.full((MAX_CHARS,), -1, dtype=torch.long)
     counts = torch.full((N_CELL_CLASSES - 1,), -1, dtype=torch.long)
-    relation = torch.full((2,), -1, dtype=torch.long)
+    relation = torch.full((4,), -1, dtype=torch.long)
     if not isinstance(truth, dict):
         return cells, chars, counts, relation
     try:
@@ -78,9 +79,13 @@ def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
             rel = (truth.get("claims") or {}).get("relation")
             if rel:
                 subject = _COLOR_INDEX[rel["subject"]["color"]] * len(SHAPES) + _SHAPE_INDEX[rel["subject"]["shape"]]
-                relation[:] = torch.tensor([RELATIONS.index(rel["relation"]) + 1, subject])
+                obj = _COLOR_INDEX[rel["object"]["color"]] * len(SHAPES) + _SHAPE_INDEX[rel["object"]["shape"]]
+                # "A right of B" and "B left of A" are one layout: B first, A second. Predicting it from the
+                # caption needs the relation bound to its subject, which no sum of word features gives.
+                first, second = (subject, obj) if rel["relation"] in ("left", "above") else (obj, subject)
+                relation[:] = torch.tensor([RELATIONS.index(rel["relation"]) + 1, subject, first, second])
             else:
-                relation[:] = torch.tensor([0, N_CELL_CLASSES - 1])
+                relation[:] = torch.tensor([0, *(N_CELL_CLASSES - 1,) * 3])
             for o in truth["objects"]:
                 label = _COLOR_INDEX[o["color"]] * len(SHAPES) + _SHAPE_INDEX[o["shape"]]
                 counts[label] = min(int(counts[label]) + 1, N_COUNT_CLASSES - 1)
@@ -170,5 +175,5 @@ class ScorerCollate:
             batch["aux_cells"] = torch.stack([s.cells for s in items])            # (B, g*g)
             batch["aux_chars"] = torch.stack([s.chars for s in items])            # (B, MAX_CHARS)
             batch["aux_counts"] = torch.stack([s.counts for s in items])          # (B, colour x shape)
-            batch["aux_relation"] = torch.stack([s.relation for s in items])      # (B, 2)
+            batch["aux_relation"] = torch.stack([s.relation for s in items])      # (B, 4)
         return batch

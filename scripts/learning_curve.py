@@ -6,6 +6,13 @@ Reads a transformer run directory: ``logs/metrics.csv`` (``val/loss``, ``val/ima
 (``--n`` samples per prompt of the default suite at one temperature, no guidance sweep),
 and writes ``learning_curve.json`` and ``learning_curve.png`` (two panels).
 
+It also predicts, from the same numbers, what more training would give (``prediction`` in the
+JSON): a power law ``L(s) = L_inf + A * s**-alpha`` fitted to the held-out image loss at the end
+of each run (each run ends its cosine schedule, so those points are comparable), and a log-linear
+fit of in-distribution pass@1 against that loss over the evaluated checkpoints; from both, the
+loss a pass@1 target needs and the samples (and hours on one core) that reach it, or that the
+asymptote ``L_inf`` of this model size lies above that loss.
+
     W=~/.cache/dalle-runs/v2
     PYTHONPATH=. python scripts/learning_curve.py $W/run $W/run2 --curve $W/curve $W/curve2 --offsets 0 3600 \\
         --tokenizer $W/tokenizer.json --vqvae $W/codebook8192 --top-k 16 --out docs/images
@@ -15,10 +22,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from dalle.bundle import save_bundle
@@ -46,6 +55,67 @@ def merged_val_losses(run_dirs: list[Path], offsets: list[int]) -> list[dict[str
     return [{**r, "step": off + r["step"]} for run, off in zip(run_dirs, offsets) for r in val_losses(run)]
 
 
+def power_law_fit(samples: list[float], losses: list[float]) -> dict[str, float]:
+    """Least squares (in log space) fit of ``loss = L_inf + A * samples**-alpha``: ``{"L_inf", "A", "alpha"}``.
+
+    ``L_inf`` is searched on a grid below the smallest loss; for each, ``log(loss - L_inf)`` is linear in
+    ``log(samples)``. Needs at least three points.
+    """
+    s, y = np.asarray(samples, dtype=float), np.asarray(losses, dtype=float)
+    if s.size < 3 or s.size != y.size:
+        raise ValueError(f"a power-law fit needs >= 3 (samples, loss) points, got {s.size}")
+    best = None
+    for l_inf in np.linspace(0.0, float(y.min()) * (1 - 1e-4), 2000):
+        slope, icept = np.polyfit(np.log(s), np.log(y - l_inf), 1)
+        err = float(np.sum((np.log(y - l_inf) - (icept + slope * np.log(s))) ** 2))
+        if best is None or err < best[0]:
+            best = (err, float(l_inf), float(math.exp(icept)), float(-slope))
+    return {"L_inf": best[1], "A": best[2], "alpha": best[3]}
+
+
+def samples_for_loss(fit: dict[str, float], loss: float) -> float | None:
+    """Samples at which the fitted power law reaches ``loss`` (None: at or below its asymptote)."""
+    if loss <= fit["L_inf"] or fit["alpha"] <= 0:
+        return None
+    return (fit["A"] / (loss - fit["L_inf"])) ** (1 / fit["alpha"])
+
+
+def predict(losses: list[dict[str, float]], points: list[dict[str, float]], run_ends: list[int], *,
+            batch: int, target: float, samples_per_second: float, key: str = "val/image_loss",
+            part: str = "in_distribution") -> dict:
+    """The prediction section of learning_curve.json (see the module docstring).
+
+    Args:
+        losses: held-out losses by step (merged over the runs).
+        points: evaluated checkpoints (``step``, ``samples`` and pass@1 per part).
+        run_ends: the last step of each run (its loss is the last held-out loss at or before it).
+        batch: samples per step; target: the pass@1 to reach; samples_per_second: training speed.
+    """
+    def loss_at(step: int) -> float:
+        before = [r for r in losses if r["step"] <= step]
+        return (before[-1] if before else losses[0])[key]
+
+    ends = sorted({int(e) for e in run_ends})
+    out: dict = {"loss": key, "target_pass@1": target, "samples_per_second": samples_per_second,
+                 "run_ends": [{"samples": e * batch, "loss": loss_at(e)} for e in ends]}
+    if len(ends) >= 3:
+        fit = power_law_fit([e * batch for e in ends], [loss_at(e) for e in ends])
+        out["power_law"] = fit
+        out["loss_at_10x_samples"] = fit["L_inf"] + fit["A"] * (10 * ends[-1] * batch) ** -fit["alpha"]
+    scored = [(loss_at(pt["step"]), pt[part]) for pt in points if pt.get(part, 0) > 0]
+    if len(scored) >= 2:
+        slope, icept = np.polyfit([l for l, _ in scored], [math.log(p) for _, p in scored], 1)
+        out["log_pass_vs_loss"] = {"slope": float(slope), "intercept": float(icept), "points": len(scored)}
+        if slope < 0:
+            need = (math.log(target) - icept) / slope
+            out["loss_for_target"] = float(need)
+            if "power_law" in out:
+                n = samples_for_loss(out["power_law"], need)
+                out["samples_for_target"] = n
+                out["hours_for_target"] = None if n is None else n / samples_per_second / 3600
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", type=Path, nargs="+",
@@ -64,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes")
     p.add_argument("--batch-size", type=int, default=16, help="sampling batch")
     p.add_argument("--train-batch", type=int, default=16, help="samples per optimizer step of the run")
+    p.add_argument("--target", type=float, default=0.6, help="the in-distribution pass@1 the prediction aims at")
+    p.add_argument("--samples-per-second", type=float, default=9.6,
+                   help="training speed for the hours of the prediction (the small preset, one core: 9.6)")
     a = p.parse_args(argv)
     offsets = a.offsets if a.offsets is not None else [0] * len(a.run_dirs)
     if not len(a.run_dirs) == len(a.curve) == len(offsets):
@@ -95,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
     losses = merged_val_losses(a.run_dirs, offsets)
     a.out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": settings, "val": losses, "eval": points}
+    run_ends = [off + max(r["step"] for r in val_losses(run)) for run, off in zip(a.run_dirs, offsets)]
+    prediction = predict(losses, points, run_ends, batch=batch, target=a.target,
+                         samples_per_second=a.samples_per_second)
+    print(json.dumps(prediction, indent=2))
+    record = {"settings": settings, "val": losses, "eval": points, "prediction": prediction}
     (a.out / "learning_curve.json").write_text(json.dumps(record, indent=2) + "\n")
     tmp = Path(tempfile.mkdtemp())
     try:

@@ -1,5 +1,6 @@
 """scripts/learning_curve.py: a run continued with --init-from counts its steps from the first run's start."""
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,25 @@ def test_held_out_losses_of_a_continuation_follow_the_first_run(tmp_path):
     assert [r["val/loss"] for r in rows] == [1.5, 0.8, 0.6, 0.5]
     assert rows[-1]["val/image_loss"] == pytest.approx(0.4)
     assert lc.merged_val_losses([first], [0]) == lc.val_losses(first)
+
+
+def test_the_prediction_recovers_a_power_law_and_solves_for_the_target():
+    lc = _script()
+    l_inf, a, alpha = 0.3, 40.0, 0.5
+    law = lambda s: l_inf + a * s ** -alpha                      # noqa: E731
+    fit = lc.power_law_fit([1e4, 4e4, 1.6e5, 6.4e5], [law(s) for s in (1e4, 4e4, 1.6e5, 6.4e5)])
+    assert fit["L_inf"] == pytest.approx(l_inf, abs=2e-3) and fit["alpha"] == pytest.approx(alpha, rel=0.02)
+    assert lc.samples_for_loss(fit, law(1e6)) == pytest.approx(1e6, rel=0.05)
+    assert lc.samples_for_loss(fit, 0.29) is None                  # below the asymptote: never
+    with pytest.raises(ValueError, match=">= 3"):
+        lc.power_law_fit([1e4, 2e4], [1.0, 0.9])
+    # 10 samples per step; pass@1 = exp(2 - 10 * loss) on the evaluated checkpoints
+    steps = [1000, 4000, 16000, 64000]
+    losses = [{"step": st, "val/image_loss": law(10 * st)} for st in steps]
+    points = [{"step": st, "samples": 10 * st, "in_distribution": math.exp(2 - 10 * law(10 * st))} for st in steps]
+    out = lc.predict(losses, points, steps, batch=10, target=math.exp(2 - 10 * law(1e7)), samples_per_second=100)
+    assert out["loss_for_target"] == pytest.approx(law(1e7), rel=1e-6)
+    assert out["samples_for_target"] == pytest.approx(1e7, rel=0.1)
+    assert out["hours_for_target"] == pytest.approx(1e7 / 100 / 3600, rel=0.1)
+    unreachable = lc.predict(losses, points, steps, batch=10, target=0.99, samples_per_second=100)
+    assert unreachable["samples_for_target"] is None and unreachable["loss_for_target"] < l_inf

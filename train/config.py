@@ -177,7 +177,8 @@ class ScorerTrainConfig(TrainConfig):
     aux_weight: float = 1.0              # weight of the auxiliary heads' loss; 0: none
     # which auxiliary heads (train.scorer_module.AUX_HEADS): from the image, "cells" (colour-shape
     # class per cell), "chars" (a sign's letters), "counts" (objects per colour-shape pair); from the
-    # caption embedding, "text_chars", "text_counts", "text_relation"
+    # caption embedding, "text_chars", "text_counts", "text_relation"; from both, "layout" / "text_layout"
+    # (the two objects of a stated relation in reading order along its axis)
     aux_heads: list[str] = field(default_factory=lambda: ["cells", "chars"])
 
     def __post_init__(self) -> None:
@@ -187,7 +188,7 @@ class ScorerTrainConfig(TrainConfig):
             raise ValueError("scorer_train.hard_negative_weight must be >= 0")
         if self.aux_weight < 0:
             raise ValueError("scorer_train.aux_weight must be >= 0")
-        known = ("cells", "chars", "counts", "text_chars", "text_counts", "text_relation")
+        known = ("cells", "chars", "counts", "layout", "text_chars", "text_counts", "text_relation", "text_layout")
         unknown = [h for h in self.aux_heads if h not in known]
         if unknown or len(set(self.aux_heads)) != len(self.aux_heads):
             raise ValueError(f"scorer_train.aux_heads must be distinct names out of {known}, got {self.aux_heads}")

@@ -12,7 +12,10 @@ predict what the truth says from both towers. From the image encoder's feature g
 scenes the colour-shape class under each cell (where things are, what colour, what shape)
 and the count of each colour-shape pair, for signs the letters of the word. From the
 caption's embedding in the shared space: the same counts and letters, and the relation the
-caption states with its subject. Contrastive
+caption states with its subject. From both (``layout``, ``text_layout``): the two objects of a
+stated relation in reading order along its axis, which a caption tower that sums word features
+cannot give ("A right of B" and "A left of B" differ by one word whatever A and B are; their
+layouts differ in which object comes first). Contrastive
 learning alone first aligns the easiest cue (colour) and leaves captions that differ in
 a shape, a relation or a letter almost on top of each other (cosine 0.99 after 400 steps);
 the dense targets make both towers carry those facts within the CPU budget.
@@ -128,7 +131,9 @@ class ScorerModule(L.LightningModule):
                 "counts": lambda: torch.nn.Linear(c * g * g, n_pairs),                       # per colour-shape pair
                 "text_chars": lambda: torch.nn.Linear(d, MAX_CHARS * N_CHAR_CLASSES),        # from the caption
                 "text_counts": lambda: torch.nn.Linear(d, n_pairs),
-                "text_relation": lambda: torch.nn.Linear(d, N_RELATION_CLASSES + N_CELL_CLASSES)}
+                "layout": lambda: torch.nn.Linear(d, 2 * N_CELL_CLASSES),    # from the image embedding
+                "text_relation": lambda: torch.nn.Linear(d, N_RELATION_CLASSES + N_CELL_CLASSES),
+                "text_layout": lambda: torch.nn.Linear(d, 2 * N_CELL_CLASSES)}
         self.aux_heads = torch.nn.ModuleDict({name: make[name]() for name in heads})   # built in the listed order
         self.skipped: collections.Counter[str] = collections.Counter()
         self.nonfinite = NonFiniteSteps()
@@ -179,6 +184,12 @@ class ScorerModule(L.LightningModule):
             rel = h["text_relation"](txt).float()
             pairs += [(rel[:, :N_RELATION_CLASSES], batch["aux_relation"][:, 0]),
                       (rel[:, N_RELATION_CLASSES:], batch["aux_relation"][:, 1])]
+        for name in ("layout", "text_layout"):     # both from the shared space, where the cosine reads them
+            if name in h:                      # only scenes that state a relation: the order is theirs
+                feats = txt if name == "text_layout" else self.model.image_encoder.proj(flat)
+                stated = batch["aux_relation"][:, :1] > 0                              # (B, 1)
+                target = batch["aux_relation"][:, 2:].masked_fill(~stated, -1)         # (B, 2)
+                pairs.append((h[name](feats).float().view(B, 2, N_CELL_CLASSES), target))
         aux = grid.new_zeros((), dtype=torch.float32)
         for logits, target in pairs:
             if bool((target >= 0).any()):

@@ -70,3 +70,27 @@ def test_scorer_commands_reject_bad_input_in_one_line(scorers, tmp_path, capsys)
     _one_line_error(capsys, ["scorer", "eval", str(tmp_path), "--scorer", str(own)], "tokenizer")
     _one_line_error(capsys, ["scorer", "train", str(tmp_path / "none"), "--tokenizer", str(bundle / "tokenizer.json"),
                              "--out", str(tmp_path / "run"), "--preset", "tiny"], "shard source not found")
+    from synth.scenes import build_scenes
+    shards = build_scenes(tmp_path / "shards", 4, resolution=16, shard_size=4)
+    _, _, foreign = scorers
+    _one_line_error(capsys, ["scorer", "train", str(shards[0]), "--tokenizer", str(bundle / "tokenizer.json"),
+                             "--out", str(tmp_path / "run2"), "--preset", "tiny", "--init-from", str(foreign)],
+                    "tokenizer sha256")
+    _one_line_error(capsys, ["scorer", "train", str(shards[0]), "--tokenizer", str(bundle / "tokenizer.json"),
+                             "--out", str(tmp_path / "run3"), "--preset", "tiny", "--init-from", str(tmp_path)],
+                    "is not a scorer")
+
+
+def test_relation_scenes_for_the_scorer_from_the_command_line(tmp_path, capsys):
+    import json
+    import tarfile
+    assert main(["data", "scenes", str(tmp_path / "rel"), "-n", "6", "--resolution", "16",
+                 "--relation-share", "1"]) == 0
+    with tarfile.open(tmp_path / "rel" / "00000.tar") as tar:
+        claims = [json.loads(tar.extractfile(m).read())["claims"] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(claims) == 6 and all(c["relation"] for c in claims)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["data", "scenes", str(tmp_path / "bad"), "--relation-share", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--relation-share" in err[0]

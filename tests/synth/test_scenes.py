@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.checker import detect_objects
+from evaluation.checker import check_scene, detect_objects
 from synth.scenes import (
     DEFAULT_HELD_OUT,
     build_scenes,
@@ -96,6 +96,40 @@ def test_build_scenes_writes_valid_deterministic_shards(tmp_path):
                 assert meta["kind"] == "scene" and meta["claims"]["objects"]
     assert len(keys) == 5 and len(set(keys)) == 5
     assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_relation_scenes_always_state_a_true_relation_and_pass_the_checker():
+    rng = np.random.default_rng(4)
+    for split in ("train", "heldout"):
+        for _ in range(40):
+            caption, desc = scene_sample(rng, split=split, with_relation=True)
+            rel, objs = desc["claims"]["relation"], desc["objects"]
+            assert rel is not None and len(objs) == 2 and len({(o["color"], o["shape"]) for o in objs}) == 2
+            subject = next(o for o in objs if (o["color"], o["shape"]) == (rel["subject"]["color"],
+                                                                         rel["subject"]["shape"]))
+            other = next(o for o in objs if o is not subject)
+            assert relation_of(subject, other) == rel["relation"]
+            assert check_scene(render_scene(desc, 64), desc).passed, caption
+            if split == "train":
+                assert not any((o["color"], o["shape"]) in DEFAULT_HELD_OUT for o in objs)
+
+
+def test_relation_share_adds_relation_scenes_and_zero_keeps_the_old_stream(tmp_path):
+    def relations(paths):
+        out = []
+        for p in paths:
+            with tarfile.open(p) as tar:
+                out += [json.loads(tar.extractfile(m).read())["claims"]["relation"] is not None
+                        for m in tar.getmembers() if m.name.endswith(".json")]
+        return out
+
+    plain = relations(build_scenes(tmp_path / "a", 60, resolution=16, seed=5, shard_size=60))
+    zero = build_scenes(tmp_path / "b", 60, resolution=16, seed=5, shard_size=60, relation_share=0.0)
+    assert zero[0].read_bytes() == (tmp_path / "a" / "00000.tar").read_bytes()
+    every = relations(build_scenes(tmp_path / "c", 60, resolution=16, seed=5, shard_size=60, relation_share=1.0))
+    assert all(every) and sum(plain) < 30
+    with pytest.raises(ValueError, match="relation_share"):
+        build_scenes(tmp_path / "d", 5, relation_share=1.5)
 
 
 def test_bad_arguments():

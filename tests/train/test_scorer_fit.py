@@ -60,7 +60,7 @@ def test_batches_carry_hard_negatives_and_auxiliary_targets(data):
     assert b["aux_chars"].shape == (8, MAX_CHARS) and bool((b["aux_chars"] == -1).all())   # no sign here
     counts = b["aux_counts"].sum(1)                               # every object of a scene counted once
     assert b["aux_counts"].shape == (8, 18) and bool(((counts >= 1) & (counts <= 4)).all())
-    assert b["aux_relation"].shape == (8, 2) and bool(((b["aux_relation"][:, 0] >= 0) & (b["aux_relation"][:, 0] <= 4)).all())
+    assert b["aux_relation"].shape == (8, 4) and bool(((b["aux_relation"][:, 0] >= 0) & (b["aux_relation"][:, 0] <= 4)).all())
     signs = next(iter(scorer_dataset([d / "signs"], preset.data, tokenizer=tokenizer, batch_size=8, train=False,
                                      aux_grid=2)))
     assert bool((signs["aux_chars"][:, 0] < 26).all()) and bool((signs["aux_counts"] == -1).all())
@@ -119,6 +119,35 @@ def test_a_run_resumes_and_refuses_another_tokenizer(data, tmp_path):
                    tokenizer_path=other, **QUIET)
 
 
+def test_a_fresh_run_starts_from_an_exported_scorer_and_refuses_a_mismatched_one(data, tmp_path):
+    from train.scorer_fit import init_weights
+    d, shards, tok, other = data
+    preset = load_preset("tiny", LONG + ["scorer_train.max_steps=10"])
+    first = fit_scorer(preset, tmp_path / "a", train_shards=shards, tokenizer_path=tok, **QUIET)
+    start = ImageTextScorer.from_checkpoint(first)
+    tuned_preset = load_preset("tiny", LONG + ["scorer_train.max_steps=1", "scorer_train.lr=1.0e-12",
+                                               "scorer_train.warmup_steps=0",
+                                               "scorer_train.aux_heads=[cells,text_chars,text_relation]"])
+    tuned = fit_scorer(tuned_preset, tmp_path / "b", train_shards=shards, tokenizer_path=tok, init_from=first,
+                       **QUIET)
+    after = ImageTextScorer.from_checkpoint(tuned)
+    for name, value in start.state_dict().items():    # one step at lr 1e-12: the weights it started from
+        assert torch.allclose(value, after.state_dict()[name], atol=1e-6), name
+    assert json.loads((tuned / "scorer.json").read_text())["meta"]["init_from"] == str(first)
+    fresh = fit_scorer(tuned_preset, tmp_path / "c", train_shards=shards, tokenizer_path=tok, **QUIET)
+    assert not torch.allclose(ImageTextScorer.from_checkpoint(fresh).image_encoder.proj[0].weight,
+                              after.image_encoder.proj[0].weight)   # without init_from: its own random start
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    with pytest.raises(ValueError, match="tokenizer sha256"):
+        init_weights(first, preset.scorer, TextTokenizer(other, preset.dalle.text_len,
+                                                         preset.dalle.text_vocab_size).sha256)
+    wider = load_preset("tiny", LONG + ["scorer.embed_dim=24"]).scorer
+    with pytest.raises(ValueError, match="embed_dim"):
+        init_weights(first, wider, tokenizer.sha256)
+    with pytest.raises(ValueError, match="--init-from"):
+        init_weights(tmp_path, preset.scorer, tokenizer.sha256)
+
+
 def test_scores_of_a_trained_scorer_prefer_the_true_caption_on_its_training_data(data, tmp_path):
     """Not a benchmark: after training on 64 samples the true caption beats the hard negatives on most
     of them (a scorer that learned nothing sits near 1 / (1 + negatives))."""
@@ -153,6 +182,45 @@ def test_auxiliary_heads_are_chosen_by_name_and_train_both_towers(data):
     assert only_text.model.image_encoder.proj[0].weight.grad is None      # text heads never touch the image tower
     none = ScorerModule(preset.scorer, ScorerTrainConfig(aux_weight=0.0))
     assert none.aux_grid is None and none.compute_loss(batch).aux_loss is None
+
+
+def test_the_layout_target_is_one_for_both_phrasings_and_trains_both_towers(data):
+    """ "A right of B" and "B left of A" are one layout (B first, A second) and "A left of B" another; the
+    layout heads read only scenes that state a relation, and reach the tower they are attached to."""
+    from common.scorer_batches import N_CELL_CLASSES, aux_targets
+    from train.config import ScorerTrainConfig
+    from train.scorer_module import ScorerModule
+    red, blue = {"color": "red", "shape": "square"}, {"color": "blue", "shape": "circle"}
+    objects = [{**red, "d": 0.2, "cx": 0.7, "cy": 0.5}, {**blue, "d": 0.2, "cx": 0.3, "cy": 0.5}]
+
+    def target(subject, rel, obj):
+        truth = {"kind": "scene", "objects": objects,
+                 "claims": {"relation": {"subject": subject, "relation": rel, "object": obj}}}
+        return aux_targets(truth, 2)[3].tolist()
+
+    a_right_of_b, b_left_of_a = target(red, "right", blue), target(blue, "left", red)
+    assert a_right_of_b[2:] == b_left_of_a[2:] and a_right_of_b[2] != a_right_of_b[3]
+    assert target(red, "left", blue)[2:] == a_right_of_b[2:][::-1]
+    assert target(red, "above", blue)[2:] == target(blue, "below", red)[2:]
+    none = aux_targets({"kind": "scene", "objects": objects, "claims": {"relation": None}}, 2)[3].tolist()
+    assert none == [0] + [N_CELL_CLASSES - 1] * 3
+
+    d, _, tok, _ = data
+    preset = load_preset("tiny", LONG)
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    batch = next(iter(scorer_dataset([d / "scenes"], preset.data, tokenizer=tokenizer, batch_size=32, train=False,
+                                     aux_grid=preset.scorer.pool_grid)))
+    batch["images"] = batch["images"].float() / 255
+    assert bool((batch["aux_relation"][:, 0] > 0).any())
+    for head, tower in (("layout", "image_encoder"), ("text_layout", "text_encoder")):
+        module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=[head]))
+        module.compute_loss(batch).aux_loss.backward()
+        grads = [p.grad for p in getattr(module.model, tower).parameters()]
+        assert any(g is not None and float(g.abs().sum()) > 0 for g in grads), head
+    unstated = {**batch, "aux_relation": batch["aux_relation"].clone()}
+    unstated["aux_relation"][:, 0] = 0                    # no relation stated anywhere: nothing to learn
+    module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=["text_layout"]))
+    assert float(module.compute_loss(unstated).aux_loss) == 0.0
 
 
 def test_a_nonfinite_scorer_step_is_dropped_on_every_rank_as_the_transformer_s():
