@@ -67,11 +67,25 @@ dalle train --preset small --tokens "$D"/tokens/*/*.tar --val-tokens "$D"/val_to
   --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
   --set dalle_train.lr=5.0e-4 --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS3:-3800}"
 
+# 5d. continued a third time, from the bundle of 5c (the shipped model: 2,400 more steps, lr 4e-4; 59 min on
+#     one core; on 2026-12-04 from the committed bundle, the run directories of 5-5c being gone)
+dalle train --preset small --tokens "$D"/tokens/*/*.tar --val-tokens "$D"/val_tokens/*.tar \
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook8192" --out "$W/run4" --init-from "$W/run3/bundle" \
+  --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
+  --set dalle_train.lr=4.0e-4 --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS4:-2400}"
+
 # 6. the reranking scorer (5,000 steps of 64: about 70 min on one core)
 dalle scorer train "$D/signs" "$D/scenes" --preset small --tokenizer "$W/tokenizer.json" --out "$W/scorer" \
   --set scorer_train.max_steps=5000
 
+# 6b. the scorer fine-tuned for relations: 10k scenes that all state one, and heads that make both towers
+#     encode which object comes first along the relation's axis (4,500 steps; about 55 min on one core)
+[ -d "$D/relation_scenes" ] || dalle data scenes "$D/relation_scenes" -n 10000 --resolution 64 --seed 7 --relation-share 1
+dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --tokenizer "$W/tokenizer.json" \
+  --out "$W/scorer_rel" --init-from "$W/scorer/scorer" --set scorer_train.max_steps=4500 \
+  --set 'scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run3/bundle" --vqvae "$VQVAE" --codebook "$W/codebook8192" \
-  --scorer "$W/scorer/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=7300 --out "$W/candidate"
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run4/bundle" --vqvae "$VQVAE" --codebook "$W/codebook8192" \
+  --scorer "$W/scorer_rel/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=11100 --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"

@@ -16,6 +16,9 @@ asymptote ``L_inf`` of this model size lies above that loss.
     W=~/.cache/dalle-runs/v2
     PYTHONPATH=. python scripts/learning_curve.py $W/run $W/run2 --curve $W/curve $W/curve2 --offsets 0 3600 \\
         --tokenizer $W/tokenizer.json --vqvae $W/codebook8192 --top-k 16 --out docs/images
+
+Where the earlier runs' directories are gone (a new machine), ``--prior docs/images/learning_curve.json``
+keeps that curve's held-out losses, evaluated checkpoints and run ends, and the runs given continue it.
 """
 from __future__ import annotations
 
@@ -116,6 +119,16 @@ def predict(losses: list[dict[str, float]], points: list[dict[str, float]], run_
     return out
 
 
+def with_prior(prior: dict, prior_ends: list[int], start: int, losses: list[dict], points: list[dict],
+               run_ends: list[int]) -> tuple[list[dict], list[dict], list[int]]:
+    """An earlier curve's held-out losses, evaluated checkpoints and run ends up to ``start`` (the step
+    the given runs continue from), followed by the given runs' own."""
+    have = {pt["step"] for pt in points}
+    return ([r for r in prior["val"] if r["step"] < start] + losses,
+            [pt for pt in prior["eval"] if pt["step"] <= start and pt["step"] not in have] + points,
+            [e for e in prior_ends if e <= start] + run_ends)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", type=Path, nargs="+",
@@ -134,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely codes")
     p.add_argument("--batch-size", type=int, default=16, help="sampling batch")
     p.add_argument("--train-batch", type=int, default=16, help="samples per optimizer step of the run")
+    p.add_argument("--prior", type=Path, default=None,
+                   help="an earlier learning_curve.json whose points (before the first run's offset) are kept")
+    p.add_argument("--prior-run-ends", type=int, nargs="+", default=None,
+                   help="the last step of each run in --prior (default: its run_ends)")
     p.add_argument("--target", type=float, default=0.6, help="the in-distribution pass@1 the prediction aims at")
     p.add_argument("--samples-per-second", type=float, default=9.6,
                    help="training speed for the hours of the prediction (the small preset, one core: 9.6)")
@@ -165,14 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         points.append({"step": step, "samples": step * batch,
                        **{part: s["pass@k"]["1"] for part, s in summary.items()}})
         print(points[-1], flush=True)
-    points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
     losses = merged_val_losses(a.run_dirs, offsets)
-    a.out.mkdir(parents=True, exist_ok=True)
     run_ends = [off + max(r["step"] for r in val_losses(run)) for run, off in zip(a.run_dirs, offsets)]
+    if a.prior is not None:
+        prior = json.loads(a.prior.read_text())
+        if prior.get("settings") != settings:
+            p.error(f"--prior was evaluated with {prior.get('settings')}, not {settings}")
+        prior_ends = a.prior_run_ends if a.prior_run_ends is not None else prior.get("run_ends")
+        if not prior_ends:
+            p.error("--prior records no run_ends: give --prior-run-ends")
+        losses, points, run_ends = with_prior(prior, prior_ends, min(offsets), losses, points, run_ends)
+    points.sort(key=lambda pt: pt["step"])      # step1200 sorts before step400 by name
+    a.out.mkdir(parents=True, exist_ok=True)
     prediction = predict(losses, points, run_ends, batch=batch, target=a.target,
                          samples_per_second=a.samples_per_second)
     print(json.dumps(prediction, indent=2))
-    record = {"settings": settings, "val": losses, "eval": points, "prediction": prediction}
+    record = {"settings": settings, "run_ends": run_ends, "val": losses, "eval": points, "prediction": prediction}
     (a.out / "learning_curve.json").write_text(json.dumps(record, indent=2) + "\n")
     tmp = Path(tempfile.mkdtemp())
     try:

@@ -54,3 +54,15 @@ def test_the_prediction_recovers_a_power_law_and_solves_for_the_target():
     assert out["hours_for_target"] == pytest.approx(1e7 / 100 / 3600, rel=0.1)
     unreachable = lc.predict(losses, points, steps, batch=10, target=0.99, samples_per_second=100)
     assert unreachable["samples_for_target"] is None and unreachable["loss_for_target"] < l_inf
+
+
+def test_a_prior_curve_is_kept_up_to_where_the_new_run_continues_it():
+    lc = _script()
+    prior = {"val": [{"step": 249, "val/loss": 1.0}, {"step": 499, "val/loss": 0.8}, {"step": 749, "val/loss": 0.7}],
+             "eval": [{"step": 500, "in_distribution": 0.1}, {"step": 750, "in_distribution": 0.2}]}
+    losses, points, ends = lc.with_prior(prior, [500, 750], 500, [{"step": 749, "val/loss": 0.6}],
+                                         [{"step": 1000, "in_distribution": 0.3}], [999])
+    # the prior's points after step 500 belong to a run that the new one replaces
+    assert [r["step"] for r in losses] == [249, 499, 749] and losses[-1]["val/loss"] == 0.6
+    assert [pt["step"] for pt in points] == [500, 1000]
+    assert ends == [500, 999]
