@@ -618,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample from the k most likely codes; 0: off (default: the model's recommended setting)")
     p.add_argument("--top-p", type=A.probability, default=None,
                    help="nucleus sampling mass in (0, 1] (default: the model's recommended setting)")
-    p.add_argument("--prompts-per-part", type=A.positive_int, default=6,
-                   help="prompts in each part of the default suite (6: every held-out word once)")
+    p.add_argument("--prompts-per-part", type=A.positive_int, default=12,
+                   help="prompts in each part of the default suite (12: every held-out word twice; at "
+                        "pass rates of a few percent 6 left one passing prompt per part)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=32)

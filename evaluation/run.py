@@ -256,7 +256,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str | Path | Sequence[SuitePrompt] = "default",
              n: int = 20, temperatures: Sequence[float] = (0.7, 1.0), ks: Sequence[int] = (1, 10, 100),
              candidates: int = 8, guidance_values: Sequence[float] = (1.0, 3.0), seed: int = 0,
-             device: str | torch.device = "cpu", batch_size: int = 32, prompts_per_part: int = 6,
+             device: str | torch.device = "cpu", batch_size: int = 32, prompts_per_part: int = 12,
              top_k: int | None = None, top_p: float | None = None, frechet: bool = True,
              n_recon: int = 64, n_scorer_check: int = 200) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md``, ``passk.png`` and ``samples.png``.
@@ -271,7 +271,7 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
         guidance_values: the first is used in the sweep; each is then run at the best pass@1 temperature.
         seed, device, batch_size: sampling options.
         top_k, top_p: None: the model's recommended setting (``Dalle.sampling``); 0: off.
-        prompts_per_part: size of each part of the default suite (6: each of the six held-out words once).
+        prompts_per_part: size of each part of the default suite (12: each of the six held-out words twice).
         frechet: compute FD-EfficientNetLite0 when its packages are installed.
         n_scorer_check: fresh renders per split and kind for the scorer's hard-negative accuracy
             (when the model has a scorer).

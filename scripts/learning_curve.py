@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle = save_bundle(Path(tmp) / "bundle", model=model, vqvae=image_tokenizer, tokenizer_path=a.tokenizer)
             res = run_eval(bundle, Path(tmp) / "eval", n=a.n, temperatures=(a.temperature,), ks=(1,),
                            candidates=2, guidance_values=(1.0,), batch_size=a.batch_size, frechet=False,
+                           prompts_per_part=6,      # the curve's points so far were evaluated on 18 prompts
                            top_k=a.top_k, n_recon=8, n_scorer_check=20)
         summary = res["temperatures"][str(a.temperature)]["summary"]
         points.append({"step": step, "samples": step * batch,
