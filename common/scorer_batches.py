@@ -63,6 +63,11 @@ class ScorerSample:
     relation: torch.Tensor | None = None  # (4,) int64: relation, subject, first, second class; -1: no scene truth
 
 
+def _pair_class(obj: dict) -> int:
+    """The colour-shape class of a scene object (or a claim's subject / object)."""
+    return _COLOR_INDEX[obj["color"]] * len(SHAPES) + _SHAPE_INDEX[obj["shape"]]
+
+
 def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
     """The auxiliary targets of one sample (see the module docstring): ``(cells, chars, counts, relation)``,
     -1 = none."""
@@ -78,8 +83,7 @@ def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
             counts.fill_(0)
             rel = (truth.get("claims") or {}).get("relation")
             if rel:
-                subject = _COLOR_INDEX[rel["subject"]["color"]] * len(SHAPES) + _SHAPE_INDEX[rel["subject"]["shape"]]
-                obj = _COLOR_INDEX[rel["object"]["color"]] * len(SHAPES) + _SHAPE_INDEX[rel["object"]["shape"]]
+                subject, obj = _pair_class(rel["subject"]), _pair_class(rel["object"])
                 # "A right of B" and "B left of A" are one layout: B first, A second. Predicting it from the
                 # caption needs the relation bound to its subject, which no sum of word features gives.
                 first, second = (subject, obj) if rel["relation"] in ("left", "above") else (obj, subject)
@@ -87,7 +91,7 @@ def aux_targets(truth: dict | None, grid: int) -> tuple[torch.Tensor, ...]:
             else:
                 relation[:] = torch.tensor([0, *(N_CELL_CLASSES - 1,) * 3])
             for o in truth["objects"]:
-                label = _COLOR_INDEX[o["color"]] * len(SHAPES) + _SHAPE_INDEX[o["shape"]]
+                label = _pair_class(o)
                 counts[label] = min(int(counts[label]) + 1, N_COUNT_CLASSES - 1)
                 half = float(o["d"]) / 2
                 for i in range(grid):

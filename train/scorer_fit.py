@@ -49,8 +49,9 @@ def init_weights(path: str | Path, config: ScorerConfig, tokenizer_sha256: str) 
         start = ImageTextScorer.from_checkpoint(path)
     except (ScorerError, OSError) as e:
         raise ValueError(f"--init-from {path}: {e}") from None
-    if start.config.to_dict() != config.to_dict():
-        diff = sorted(k for k, v in start.config.to_dict().items() if config.to_dict().get(k) != v)
+    theirs, ours = start.config.to_dict(), config.to_dict()
+    if theirs != ours:
+        diff = sorted(k for k, v in theirs.items() if ours.get(k) != v)
         raise ValueError(f"--init-from {path}: its scorer config differs from the preset's in {', '.join(diff)}")
     if start.tokenizer_sha256 != tokenizer_sha256:
         raise ValueError(f"--init-from {path}: trained with tokenizer sha256 {str(start.tokenizer_sha256)[:12]}, "

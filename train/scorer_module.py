@@ -54,14 +54,15 @@ class ScorerLoss(NamedTuple):
 
 def contrastive_loss(model: ImageTextScorer, images: torch.Tensor, text_tokens: torch.Tensor,
                      neg_tokens: torch.Tensor | None = None, neg_mask: torch.Tensor | None = None,
-                     hard_negative_weight: float = 1.0, *, grid: torch.Tensor | None = None,
+                     hard_negative_weight: float = 1.0, *, image_features: torch.Tensor | None = None,
                      text_embeddings: torch.Tensor | None = None) -> ScorerLoss:
     """The scorer's training loss on one batch.
 
     Args:
         model: the scorer.
         images: (B, 3, R, R) floats in [0, 1].
-        grid: ``model.image_encoder.grid(images)`` when the caller has it already (then images are not re-read).
+        image_features: ``model.image_encoder.proj(model.image_encoder.grid(images).flatten(1))`` (before
+            normalising) when the caller has it already (then images are not re-read).
         text_embeddings: ``model.encode_text(text_tokens)`` when the caller has it already.
         text_tokens: (B, text_len) the true captions.
         neg_tokens: (B, K, text_len) hard negative captions, or None.
@@ -71,10 +72,10 @@ def contrastive_loss(model: ImageTextScorer, images: torch.Tensor, text_tokens: 
         :class:`ScorerLoss`.
     """
     B = images.size(0)
-    if grid is None:
+    if image_features is None:
         img = model.encode_images(images).float()                      # (B, D)
     else:
-        img = F.normalize(model.image_encoder.proj(grid.flatten(1)), dim=-1).float()
+        img = F.normalize(image_features, dim=-1).float()
     txt = (model.encode_text(text_tokens) if text_embeddings is None else text_embeddings).float()   # (B, D)
     scale = model.temperature_scale().float()
     logits = scale * img @ txt.T                                       # (B, B)
@@ -159,15 +160,16 @@ class ScorerModule(L.LightningModule):
         use_hard = self.train_config.hard_negatives
         images = batch["images"]
         grid = self.model.image_encoder.grid(images)                                  # (B, C, g, g)
+        flat = grid.flatten(1)                                                        # (B, C*g*g)
+        img = self.model.image_encoder.proj(flat)                                     # (B, D) before normalising
         txt = self.model.encode_text(batch["text_tokens"])                            # (B, D)
         out = contrastive_loss(self.model, images, batch["text_tokens"],
                                batch.get("neg_tokens") if use_hard else None,
                                batch.get("neg_mask") if use_hard else None,
-                               self.train_config.hard_negative_weight, grid=grid, text_embeddings=txt)
+                               self.train_config.hard_negative_weight, image_features=img, text_embeddings=txt)
         if not self.aux or "aux_cells" not in batch:
             return out
         B = images.size(0)
-        flat = grid.flatten(1)                                                        # (B, C*g*g)
         h = self.aux_heads
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []                           # (logits, target)
         if "cells" in h:
@@ -186,7 +188,7 @@ class ScorerModule(L.LightningModule):
                       (rel[:, N_RELATION_CLASSES:], batch["aux_relation"][:, 1])]
         for name in ("layout", "text_layout"):     # both from the shared space, where the cosine reads them
             if name in h:                      # only scenes that state a relation: the order is theirs
-                feats = txt if name == "text_layout" else self.model.image_encoder.proj(flat)
+                feats = txt if name == "text_layout" else img
                 stated = batch["aux_relation"][:, :1] > 0                              # (B, 1)
                 target = batch["aux_relation"][:, 2:].masked_fill(~stated, -1)         # (B, 2)
                 pairs.append((h[name](feats).float().view(B, 2, N_CELL_CLASSES), target))
