@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from evaluation.recon import evaluate_sources
+from synth.recolour import recolour_scene
 from train.data.images import load_described_images, load_images
 from vqvae.patch_vq import PatchVQ, PatchVQConfig
 from vqvae.registry import load_image_tokenizer
@@ -38,19 +39,10 @@ def recolour(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.stack([img[order] for img, order in zip(x, pick)])
 
 
-def palette_recolour(spec: dict, rng: np.random.Generator) -> dict:
-    """A scene spec with its object colours mapped through one random permutation of the scene palette
-    (:data:`synth.scenes.COLORS`): the same layout, shapes and background, every colour still a colour
-    the data has. Drawn without knowing the held-out pairs, so it also makes some of them."""
-    from synth.scenes import COLORS
-    names = list(COLORS)
-    perm = dict(zip(names, (names[i] for i in rng.permutation(len(names)))))
-    return {**spec, "objects": [{**o, "color": perm[o["color"]]} for o in spec["objects"]]}
-
-
 def load_training_images(src: str, resolution: int, n: int, *, palette: bool = False, seed: int = 0) -> torch.Tensor:
     """``n`` training images of ``src``; with ``palette``, each scene re-rendered from its description
-    with its colours permuted within the palette (:func:`palette_recolour`; other images kept as they are)."""
+    with its colours permuted within the palette (:func:`synth.recolour.recolour_scene`; other images
+    kept as they are)."""
     if not palette:
         return load_images(src, resolution, n)
     from torchvision.transforms.functional import pil_to_tensor
@@ -60,7 +52,7 @@ def load_training_images(src: str, resolution: int, n: int, *, palette: bool = F
     if not descriptions:
         return x
     rng = np.random.default_rng(seed)
-    out = [pil_to_tensor(render_scene(palette_recolour(d, rng), resolution)).float() / 255.0
+    out = [pil_to_tensor(render_scene(recolour_scene(d, rng), resolution)).float() / 255.0
            if d.get("kind") == "scene" else img for img, d in zip(x, descriptions)]
     return torch.stack(out)
 

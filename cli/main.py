@@ -300,8 +300,22 @@ def cmd_vqvae_codebook(a: argparse.Namespace) -> int:
     if not isinstance(preset.vqvae, PatchVQConfig):
         raise UsageError(f"preset {preset.name!r} has no patch_vq image tokenizer (vqvae.kind)")
     counts = a.images if len(a.images) > 1 else a.images * len(a.shards)
-    print(fit_codebook(preset.vqvae, a.shards, counts, a.out, iters=preset.vqvae_train.kmeans_iters,
-                       seed=preset.vqvae_train.seed))
+    recolour = a.recolour if len(a.recolour) > 1 else a.recolour * len(a.shards)
+    for flag, given in (("--images", counts), ("--recolour", recolour)):
+        if len(given) != len(a.shards):
+            raise UsageError(f"{flag} takes one number or one per source ({len(a.shards)} sources, "
+                             f"{len(given)} numbers)")
+    if a.init_from is not None and not Path(a.init_from).is_dir():
+        raise UsageError(f"--init-from {a.init_from}: no such directory")
+    try:
+        path, stats = fit_codebook(preset.vqvae, a.shards, counts, a.out, iters=preset.vqvae_train.kmeans_iters,
+                                   seed=preset.vqvae_train.seed, recolour=recolour, init_from=a.init_from)
+    except ValueError as e:       # an --init-from that is not a matching PatchVQ, too few distinct patches
+        raise UsageError(str(e)) from None
+    if "same_code_share" in stats:
+        print(f"{stats['same_code_share']:.1%} of the training patches keep their code index "
+              f"(from {a.init_from})", file=sys.stderr)
+    print(path)
     return 0
 
 
@@ -534,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--images", nargs="+", type=A.positive_int, default=[2000],
                    help="images read from each source (one number for all, or one per source)")
     q.add_argument("--out", required=True)
+    q.add_argument("--recolour", nargs="+", type=A.nonneg_int, default=[0], metavar="N",
+                   help="use each built-in scene and sign as N renderings in random palette colours instead "
+                        "of its own (edges of every colour, held-out pairs included; 0: as it is); one "
+                        "number for all sources or one per source")
+    q.add_argument("--init-from", default=None, metavar="DIR",
+                   help="a PatchVQ (or bundle) to start from: its codebook is refitted and the new codes "
+                        "renumbered so that most patches keep their index (fine-tune its transformer on them)")
     add_preset(q)
     q.set_defaults(func=cmd_vqvae_codebook)
     q = vsub.add_parser("eval", help="checker ceiling, PSNR, codebook usage and perplexity of reconstructions "

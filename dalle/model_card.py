@@ -29,7 +29,9 @@ def card_header(meta: dict[str, Any]) -> dict[str, Any]:
 def _tokenizer_words(image_config: Any) -> str:
     """What the image tokenizer is, in words, from its config class."""
     if isinstance(image_config, PatchVQConfig):
-        return "a k-means codebook of pixel patches (PatchVQ)"
+        metric = ("" if image_config.chroma_weight is None
+                  else f", codes chosen by luma + {image_config.chroma_weight:g} x chroma distance")
+        return f"a k-means codebook of pixel patches (PatchVQ{metric})"
     return "a discrete VAE"
 
 

@@ -56,7 +56,7 @@ export OMP_NUM_THREADS=$JOBS
 $DALLE tokenizer train "$D"/signs/* "$D"/scenes/* --preset $PRESET --out "$OUT/tokenizer.json"
 mark tokenizer
 read -r N_SCENE N_SIGN <<< "$CODEBOOK_IMAGES"
-$DALLE vqvae codebook "$D/scenes/1" "$D/signs/1" --images "$N_SCENE" "$N_SIGN" --preset $PRESET \
+$DALLE vqvae codebook "$D/scenes/1" "$D/signs/1" --images "$N_SCENE" "$N_SIGN" --recolour 1 2 --preset $PRESET \
   --out "$OUT/codebook"
 mark codebook
 

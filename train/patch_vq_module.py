@@ -105,7 +105,8 @@ class PatchVQModule(VQVAEModule):
 
 
 def fit_codebook(config: Any, sources: list[Any], images_per_source: list[int], out_dir: str | Path, *,
-                 iters: int = 15, seed: int = 0) -> Path:
+                 iters: int = 15, seed: int = 0, recolour: int | list[int] = 0,
+                 init_from: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Fit a :class:`PatchVQ` codebook on the first images of each source and export it (untrained decoder).
 
     ``dalle vqvae codebook`` calls this; the export encodes exactly as every later training of its
@@ -116,14 +117,64 @@ def fit_codebook(config: Any, sources: list[Any], images_per_source: list[int], 
         sources: shard sources; images_per_source: how many images to read from each.
         out_dir: where ``vqvae.json`` + ``vqvae.safetensors`` go.
         iters, seed: k-means iterations and seed.
+        recolour: N > 0 uses each built-in scene and sign as N renderings in random palette colours
+            instead of its own (:mod:`synth.recolour`; every colour-shape pair then as frequent as any
+            other, held-out pairs included: keeping the originals beside them kept the held-out
+            ceiling at 0.974-0.976 against 1.000, BENCHMARKS.md); other images are used as they
+            are. One number for every source or one per source.
+        init_from: an exported PatchVQ (or bundle) whose codebook the fit starts from; the new codes
+            are then renumbered so that most training patches keep their code index
+            (:func:`vqvae.kmeans.match_codes`): a transformer trained on the old codes fine-tunes
+            onto the new ones instead of starting over.
+    Returns:
+        The export's path and statistics: images used, and with ``init_from`` the share of training
+        patches whose code index is unchanged.
     """
-    from train.data.images import load_images
+    import numpy as np
 
-    if len(sources) != len(images_per_source):
-        raise ValueError(f"give one image count per source ({len(sources)} sources, "
-                         f"{len(images_per_source)} counts)")
-    x = torch.cat([load_images(s, config.resolution, n) for s, n in zip(sources, images_per_source)])
+    from synth.recolour import render_recoloured
+    from train.data.images import load_described_images, load_images
+    from vqvae.kmeans import match_codes, to_patches
+    from vqvae.registry import load_image_tokenizer
+
+    copies = [recolour] * len(sources) if isinstance(recolour, int) else list(recolour)
+    if len(sources) != len(images_per_source) or len(copies) != len(sources):
+        raise ValueError(f"give one image count and one recolour count per source ({len(sources)} sources, "
+                         f"{len(images_per_source)} image counts, {len(copies)} recolour counts)")
+    old = None
+    if init_from is not None:
+        old = load_image_tokenizer(init_from)
+        if not isinstance(old, PatchVQ):
+            raise ValueError(f"{init_from} is not a PatchVQ image tokenizer; a codebook can only start from one")
+        oc = old.config
+        if (oc.resolution, oc.patch, oc.in_channels) != (config.resolution, config.patch, config.in_channels) \
+                or oc.vocab_size > config.vocab_size:
+            raise ValueError(f"{init_from} has resolution {oc.resolution}, patch {oc.patch}, {oc.vocab_size} codes; "
+                             f"this codebook needs {config.resolution}, {config.patch}, at most {config.vocab_size}")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s, n, k in zip(sources, images_per_source, copies):
+        if not k:
+            parts.append(load_images(s, config.resolution, n))
+            continue
+        x, descriptions = load_described_images(s, config.resolution, n)
+        recoloured = [[render_recoloured(d, config.resolution, rng) for d in descriptions or []] for _ in range(k)]
+        if not recoloured[0] or any(c is None for c in recoloured[0]):
+            parts.append(x)                       # not built-in scenes or signs: used as they are
+            continue
+        parts.extend(torch.stack(r) for r in recoloured)
+    x = torch.cat(parts)
     model = PatchVQ(config)
     log.info("fitting the %d-code k-means codebook on the patches of %d images", config.vocab_size, x.shape[0])
-    model.fit_codebook(x, iters=iters, seed=seed)
-    return model.save(out_dir)
+    model.fit_codebook(x, iters=iters, seed=seed, init=None if old is None else old.centroids)
+    stats: dict[str, Any] = {"images": int(x.shape[0])}
+    if old is not None:
+        patches, counts = torch.unique(to_patches(x, config.patch).reshape(-1, config.patch_dim), dim=0,
+                                       return_counts=True)
+        order, kept = match_codes(old.encode_patches(patches), model.encode_patches(patches),
+                                  config.vocab_size, counts)
+        model.renumber(order)
+        stats["same_code_share"] = kept
+        log.info("codes renumbered to match %s: %.1f%% of training patches keep their code index",
+                 init_from, 100 * kept)
+    return model.save(out_dir), stats

@@ -7,8 +7,14 @@ them far better than a convolutional dVAE of the same grid. PatchVQ builds on
 that:
 
 - encode: cut the image into ``patch`` x ``patch`` cells and give each the index
-  of its nearest centroid (squared error) in a k-means codebook fitted on
-  training patches (:mod:`vqvae.kmeans`). Deterministic, no network.
+  of its nearest centroid in a k-means codebook fitted on training patches
+  (:mod:`vqvae.kmeans`). Deterministic, no network. "Nearest" is squared error in
+  RGB, or, with ``chroma_weight`` set, in an opponent colour space (luma and two
+  chroma axes, the chroma scaled by ``chroma_weight``), for fitting and encoding
+  alike. Measured on the built-in data (BENCHMARKS.md): in RGB the nearest code
+  of an orange edge is often a yellow edge of the right geometry, which a reader
+  of the picture (the checker, a person) sees as a yellow fringe; weighting hue
+  3x spends the codes on the colours instead and keeps held-out colour-shape pairs.
 - decode: look up each code's learned vector (initialised to its centroid), then
   add a correction computed by a small residual conv net over the whole grid of
   code vectors, so that a cell is redrawn knowing its neighbours (an edge or a
@@ -51,6 +57,7 @@ class PatchVQConfig:
     vocab_size: int = 4096        # k-means codebook size
     n_hid: int = 128              # width of the context decoder
     n_blocks: int = 3             # residual blocks of the context decoder
+    chroma_weight: float | None = None   # None: nearest code in RGB; w: in luma + w x chroma
 
     def __post_init__(self) -> None:
         if self.patch < 1 or self.resolution % self.patch:
@@ -59,6 +66,8 @@ class PatchVQConfig:
             raise ValueError(f"vqvae.vocab_size must be >= 2, got {self.vocab_size}")
         if self.n_hid < 1 or self.n_blocks < 0 or self.in_channels < 1:
             raise ValueError("vqvae.n_hid and vqvae.in_channels must be positive, n_blocks >= 0")
+        if self.chroma_weight is not None and (self.chroma_weight <= 0 or self.in_channels != 3):
+            raise ValueError(f"vqvae.chroma_weight must be > 0 and needs 3 channels, got {self.chroma_weight}")
 
     @property
     def grid_size(self) -> int:
@@ -82,7 +91,25 @@ class PatchVQConfig:
     def from_dict(cls, d: dict[str, Any], *, complete: bool = False) -> "PatchVQConfig":
         """The config from a mapping (``kind`` ignored); ``complete`` (a saved file) requires every key."""
         d = {k: v for k, v in d.items() if k != "kind"}
+        if complete:
+            d.setdefault("chroma_weight", None)        # files written before the field: RGB
         return config_from_dict(cls, d, what="vqvae", complete=complete)
+
+
+# Luma and two colour-difference axes (BT.601 YCbCr without offsets).
+_OPPONENT = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def metric_space(patches: torch.Tensor, chroma_weight: float | None, channels: int = 3) -> torch.Tensor:
+    """Patch vectors (..., C*p*p) mapped to the space whose squared distances pick codes: unchanged
+    for ``chroma_weight`` None, else luma and chroma per pixel with the chroma scaled by it (a linear
+    map, so k-means centroids map with their points)."""
+    if chroma_weight is None:
+        return patches
+    m = _OPPONENT.to(patches.device, patches.dtype).clone()
+    m[1:] *= chroma_weight
+    x = patches.reshape(*patches.shape[:-1], channels, -1)                  # (..., C, p*p)
+    return torch.einsum("ij,...jk->...ik", m, x).reshape(patches.shape)
 
 
 class ResBlock(nn.Module):
@@ -117,15 +144,36 @@ class PatchVQ(nn.Module):
 
     # ---- codebook ------------------------------------------------------------------------
     @torch.no_grad()
-    def fit_codebook(self, images: torch.Tensor, *, iters: int = 20, seed: int = 0) -> None:
+    def fit_codebook(self, images: torch.Tensor, *, iters: int = 20, seed: int = 0,
+                     init: torch.Tensor | None = None) -> None:
         """Fit the k-means codebook to the patches of ``images`` (B, C, R, R) in [0, 1]; reset the decoder's
-        code vectors to the centroids."""
+        code vectors to the centroids. ``init``: (k0 <= vocab_size, patch_dim) centroids to start from
+        (an earlier codebook: its codes keep their indices where the data allow, see
+        :func:`vqvae.kmeans.fit_kmeans`)."""
         check_images(images, self.config)
+        w = self.config.chroma_weight
         x = to_patches(images.float().cpu(), self.config.patch).reshape(-1, self.config.patch_dim)
-        centroids = fit_kmeans(x, self.config.vocab_size, iters=iters, seed=seed)
+        start = None if init is None else metric_space(init.float().cpu(), w)
+        fitted = fit_kmeans(metric_space(x, w), self.config.vocab_size, iters=iters, seed=seed, init=start)
+        centroids = fitted if w is None else self._from_metric(fitted)
         self.centroids.copy_(centroids)
         self.embed.weight.copy_(centroids)
         self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def renumber(self, order: torch.Tensor) -> None:
+        """Give code ``order[i]`` the index i (centroids and decoder code vectors alike)."""
+        if sorted(order.tolist()) != list(range(self.config.vocab_size)):
+            raise ValueError("order must be a permutation of the codes")
+        self.centroids.copy_(self.centroids[order].clone())
+        self.embed.weight.copy_(self.embed.weight[order].clone())
+
+    def _from_metric(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Inverse of :func:`metric_space` for this tokenizer's chroma weight."""
+        m = _OPPONENT.clone()
+        m[1:] *= self.config.chroma_weight
+        x = vectors.reshape(vectors.shape[0], self.config.in_channels, -1)
+        return torch.einsum("ij,njk->nik", torch.linalg.inv(m), x).reshape(vectors.shape)
 
     def code_vectors(self) -> torch.Tensor:
         """(vocab_size, patch_dim) what each code looks like: its centroid's pixels (a copy)."""
@@ -141,10 +189,18 @@ class PatchVQ(nn.Module):
         if not bool(self.fitted):
             raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
         p = to_patches(images.to(self.centroids.dtype), self.config.patch)   # (B, h, w, D)
+        return self.encode_patches(p.reshape(-1, p.shape[-1])).view(p.shape[:3])   # (B, h, w)
+
+    @torch.no_grad()
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, patch_dim) cells -> (N,) int64 codes: the nearest centroid of each."""
+        if not bool(self.fitted):
+            raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
         # Identical cells (flat colour is most of an image) are searched once: same codes, less work.
-        unique, inverse = torch.unique(p.reshape(-1, p.shape[-1]), dim=0, return_inverse=True)
-        idx, _ = nearest(unique, self.centroids)
-        return idx[inverse].view(p.shape[:3])                                 # (B, h, w)
+        unique, inverse = torch.unique(patches.to(self.centroids.dtype), dim=0, return_inverse=True)
+        w = self.config.chroma_weight
+        idx, _ = nearest(metric_space(unique, w), metric_space(self.centroids, w))
+        return idx[inverse]
 
     def decode_raw(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Differentiable decode (training): (B, h, w) codes -> (B, C, R, R), not clamped."""

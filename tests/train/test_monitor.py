@@ -158,3 +158,5 @@ def test_the_model_card_names_the_image_tokenizer_it_describes():
     assert "k-means codebook of pixel patches" in patch and "discrete VAE" not in patch
     assert "codes out of 8192" in patch
     assert "discrete VAE" in dvae and "k-means" not in dvae
+    weighted = model_card(DalleConfig(), PatchVQConfig(vocab_size=8192, chroma_weight=2.5), meta)
+    assert "luma + 2.5 x chroma" in weighted and "chroma" not in patch
