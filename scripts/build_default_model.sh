@@ -85,7 +85,34 @@ dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --
   --out "$W/scorer_rel" --init-from "$W/scorer/scorer" --set scorer_train.max_steps=4500 \
   --set 'scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
 
+# 6c. the scorer continued twice more (2026-12-06: 4,500 steps, then 4,500 at lr 7e-4; 27 + 37 min on one core)
+for step in "scorer_c $W/scorer_rel/scorer" "scorer_c2 $W/scorer_c/scorer --set scorer_train.lr=7.0e-4"; do
+  read -r out init extra <<< "$step"
+  # shellcheck disable=SC2086
+  dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --tokenizer "$W/tokenizer.json" \
+    --out "$W/$out" --init-from $init --set scorer_train.max_steps=4500 $extra \
+    --set 'scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
+done
+
+# 3b. (2026-12-06) the codebook refitted from step 3's: codes chosen by luma + 2.5 x chroma distance (the small
+#     preset's vqvae.chroma_weight), scenes re-rendered once and signs twice in random palette colours instead of
+#     their own, 5,000 signs; the new codes renumbered so that 93% of training patches keep their index (2 min 45 s)
+dalle vqvae codebook "$D/scenes" "$D/signs" "$D/emoji/train" --images 2500 5000 500 --recolour 1 2 0 --preset small \
+  --init-from "$W/codebook8192" --out "$W/codebook_c25"
+# 4b. token shards again, with that codebook
+dalle tokens "$D/signs" --preset small --vqvae "$W/codebook_c25" --out "$D/tokens_c25/signs" --shard-size 5000 --device cpu
+dalle tokens "$D/scenes" "$D/emoji/train" --preset small --vqvae "$W/codebook_c25" --out "$D/tokens_c25/other" \
+  --shard-size 5000 --device cpu
+dalle tokens "$D/val_scenes" "$D/val_signs" --preset small --vqvae "$W/codebook_c25" --out "$D/val_tokens_c25" \
+  --shard-size 250 --device cpu
+# 5e. the transformer of 5d fine-tuned onto the new codes (2026-12-06: from the shipped bundle, the run directories
+#     of 5-5d being gone; 6,000 steps, 85 min on one core)
+dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/val_tokens_c25/*.tar \
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook_c25" --out "$W/run5" --init-from "$W/run4/bundle" \
+  --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
+  --set dalle_train.lr=5.0e-4 --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS5:-6000}"
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run4/bundle" --vqvae "$VQVAE" --codebook "$W/codebook8192" \
-  --scorer "$W/scorer_rel/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=11100 --out "$W/candidate"
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/codebook_c25" --codebook "$W/codebook_c25" \
+  --scorer "$W/scorer_c2/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=13500 --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"
