@@ -13,8 +13,9 @@ that:
   chroma axes, the chroma scaled by ``chroma_weight``), for fitting and encoding
   alike. Measured on the built-in data (BENCHMARKS.md): in RGB the nearest code
   of an orange edge is often a yellow edge of the right geometry, which a reader
-  of the picture (the checker, a person) sees as a yellow fringe; weighting hue
-  3x spends the codes on the colours instead and keeps held-out colour-shape pairs.
+  of the picture (the checker, a person) sees as a yellow fringe; weighting chroma
+  2.5x (the ``small`` preset) spends the codes on the colours instead and keeps
+  held-out colour-shape pairs.
 - decode: look up each code's learned vector (initialised to its centroid), then
   add a correction computed by a small residual conv net over the whole grid of
   code vectors, so that a cell is redrawn knowing its neighbours (an edge or a
@@ -100,16 +101,23 @@ class PatchVQConfig:
 _OPPONENT = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
-def metric_space(patches: torch.Tensor, chroma_weight: float | None, channels: int = 3) -> torch.Tensor:
-    """Patch vectors (..., C*p*p) mapped to the space whose squared distances pick codes: unchanged
+def _per_pixel(m: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """The 3x3 colour map ``m`` applied to every pixel of patch vectors (..., 3*p*p)."""
+    x = patches.reshape(*patches.shape[:-1], 3, -1)                         # (..., C, p*p)
+    return torch.einsum("ij,...jk->...ik", m.to(patches.device, patches.dtype), x).reshape(patches.shape)
+
+
+def _metric_matrix(chroma_weight: float) -> torch.Tensor:
+    m = _OPPONENT.clone()
+    m[1:] *= chroma_weight
+    return m
+
+
+def metric_space(patches: torch.Tensor, chroma_weight: float | None) -> torch.Tensor:
+    """Patch vectors (..., 3*p*p) mapped to the space whose squared distances pick codes: unchanged
     for ``chroma_weight`` None, else luma and chroma per pixel with the chroma scaled by it (a linear
     map, so k-means centroids map with their points)."""
-    if chroma_weight is None:
-        return patches
-    m = _OPPONENT.to(patches.device, patches.dtype).clone()
-    m[1:] *= chroma_weight
-    x = patches.reshape(*patches.shape[:-1], channels, -1)                  # (..., C, p*p)
-    return torch.einsum("ij,...jk->...ik", m, x).reshape(patches.shape)
+    return patches if chroma_weight is None else _per_pixel(_metric_matrix(chroma_weight), patches)
 
 
 class ResBlock(nn.Module):
@@ -170,10 +178,7 @@ class PatchVQ(nn.Module):
 
     def _from_metric(self, vectors: torch.Tensor) -> torch.Tensor:
         """Inverse of :func:`metric_space` for this tokenizer's chroma weight."""
-        m = _OPPONENT.clone()
-        m[1:] *= self.config.chroma_weight
-        x = vectors.reshape(vectors.shape[0], self.config.in_channels, -1)
-        return torch.einsum("ij,njk->nik", torch.linalg.inv(m), x).reshape(vectors.shape)
+        return _per_pixel(torch.linalg.inv(_metric_matrix(self.config.chroma_weight)), vectors)
 
     def code_vectors(self) -> torch.Tensor:
         """(vocab_size, patch_dim) what each code looks like: its centroid's pixels (a copy)."""
