@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from evaluation.recon import evaluate_sources
-from synth.recolour import recolour_scene
+from synth.recolour import render_recoloured
 from train.data.images import load_described_images, load_images
 from vqvae.patch_vq import PatchVQ, PatchVQConfig
 from vqvae.registry import load_image_tokenizer
@@ -41,19 +41,16 @@ def recolour(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def load_training_images(src: str, resolution: int, n: int, *, palette: bool = False, seed: int = 0) -> torch.Tensor:
     """``n`` training images of ``src``; with ``palette``, each scene re-rendered from its description
-    with its colours permuted within the palette (:func:`synth.recolour.recolour_scene`; other images
+    with its colours permuted within the palette (:func:`synth.recolour.render_recoloured`; other images
     kept as they are)."""
     if not palette:
         return load_images(src, resolution, n)
-    from torchvision.transforms.functional import pil_to_tensor
-
-    from synth.scenes import render_scene
     x, descriptions = load_described_images(src, resolution, n)
     if not descriptions:
         return x
     rng = np.random.default_rng(seed)
-    out = [pil_to_tensor(render_scene(recolour_scene(d, rng), resolution)).float() / 255.0
-           if d.get("kind") == "scene" else img for img, d in zip(x, descriptions)]
+    out = [render_recoloured(d, resolution, rng) if d.get("kind") == "scene" else img
+           for img, d in zip(x, descriptions)]
     return torch.stack(out)
 
 

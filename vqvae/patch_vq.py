@@ -191,8 +191,6 @@ class PatchVQ(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, R, R) images in [0, 1] -> (B, h, w) int64 codes (nearest centroid per cell)."""
         check_images(images, self.config)
-        if not bool(self.fitted):
-            raise ValueError("this PatchVQ has no codebook yet: fit_codebook() first")
         p = to_patches(images.to(self.centroids.dtype), self.config.patch)   # (B, h, w, D)
         return self.encode_patches(p.reshape(-1, p.shape[-1])).view(p.shape[:3])   # (B, h, w)
 
