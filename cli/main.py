@@ -275,6 +275,16 @@ def cmd_data_emoji(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_recolour(a: argparse.Namespace) -> int:
+    from synth.recolour import build_recoloured
+    paths, counts = build_recoloured(a.shards, a.out, copies=a.copies, seed=a.seed, resolution=a.resolution,
+                                     shard_size=a.shard_size)
+    for p in paths:
+        print(p)
+    print(", ".join(f"{k} {v}" for k, v in counts.items()), file=sys.stderr)
+    return 0
+
+
 def cmd_tokenizer_train(a: argparse.Namespace) -> int:
     from train.text_tokenizer import captions_from_shards, train_tokenizer
     preset = load_preset_arg(a)
@@ -516,6 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--held-out", type=A.fraction, default=0.02,
                    help="share of emoji names kept out of training (written to val/)")
     q.set_defaults(func=cmd_data_emoji)
+    q = dsub.add_parser("recolour", help="re-render built-in scenes and signs in random palette colours as "
+                        "caption-less shards for image-tokenizer training")
+    q.add_argument("shards", nargs="+", metavar="SHARDS", help="built-in scene or sign shards (others skipped)")
+    q.add_argument("--out", required=True, metavar="OUT_DIR")
+    q.add_argument("--copies", type=A.positive_int, default=1, help="renderings per sample")
+    q.add_argument("--resolution", type=A.positive_int, default=64)
+    q.add_argument("--seed", type=A.seed, default=0)
+    q.add_argument("--shard-size", type=A.positive_int, default=1000)
+    q.set_defaults(func=cmd_data_recolour)
 
     p = sub.add_parser("tokenizer", help="train the caption BPE")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="TOKENIZER_COMMAND", parser_class=Parser,

@@ -187,10 +187,12 @@ class SampleDecoder(SkipCountingDecoder):
         rng: random source for crops (per worker).
         sample_seed: when given, each sample's crop comes from its own generator seeded by
             ``(sample_seed, key)`` instead of ``rng``, so a stream can be resumed mid-way exactly.
+        captions: False for image-only work (the image tokenizer): a sample needs no caption, and
+            ``Decoded.caption`` is empty.
     """
 
     def __init__(self, cfg: Any, counter: SkipCounter, *, train: bool = False,
-                 rng: random.Random | None = None, sample_seed: str | None = None):
+                 rng: random.Random | None = None, sample_seed: str | None = None, captions: bool = True):
         if cfg.resolution < 1:
             raise ValueError("data.resolution is not set; it is derived from the vqvae preset section")
         self.cfg = cfg
@@ -198,6 +200,7 @@ class SampleDecoder(SkipCountingDecoder):
         self.random_crop = bool(train and cfg.random_crop)
         self.rng = rng or random.Random(0)
         self.sample_seed = sample_seed
+        self.captions = captions
 
     def _crop_rng(self, sample: dict) -> random.Random:
         if self.sample_seed is None or not self.random_crop:
@@ -206,8 +209,9 @@ class SampleDecoder(SkipCountingDecoder):
 
     def decode(self, sample: dict) -> Decoded:
         """Decode or raise :class:`SkipSample` (caption first: it is cheap)."""
-        caption = decode_caption(sample.get(CAPTION_EXT), lowercase=False)   # case kept: the text tokenizer lowercases
-        # what it does not spell (dalle.tokenizer), so the words to draw reach it as written
+        caption = ""
+        if self.captions:      # case kept: the text tokenizer lowercases what it does not spell (dalle.tokenizer),
+            caption = decode_caption(sample.get(CAPTION_EXT), lowercase=False)   # so words to draw reach it as written
         image = decode_image_uint8(find_image(sample), self.cfg, resolution=self.cfg.resolution,
                                    rng=self._crop_rng(sample), random_crop=self.random_crop)
         return Decoded(key=str(sample.get("__key__", "")), caption=caption, image=image)

@@ -112,7 +112,17 @@ dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/va
   --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
   --set dalle_train.lr=5.0e-4 --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS5:-6000}"
 
+# 3c. (2026-12-06, second session) the context decoder on top of codebook_c25 (its codes never change, so the
+#     transformer is untouched): scenes and signs re-rendered in palette colours as caption-less shards, 3,000 steps,
+#     then 1,500 more with a second recoloured copy of the signs and edge weight 0.1 (13 + 7 min on one core)
+dalle data recolour "$D/scenes" "$D/signs" --out "$D/recoloured" --copies 1 --seed 5
+dalle data recolour "$D/signs" --out "$D/recoloured_signs" --copies 1 --seed 6
+dalle vqvae train "$D/recoloured" "$D/emoji/train" --preset small --init-from "$W/codebook_c25" --out "$W/vqvae_rc" \
+  --set vqvae_train.max_steps=3000
+dalle vqvae train "$D/recoloured" "$D/recoloured_signs" "$D/emoji/train" --preset small --init-from "$W/vqvae_rc/export" \
+  --out "$W/vqvae_rc3" --set vqvae_train.max_steps=1500 --set vqvae_train.edge_weight=0.1 --set vqvae_train.lr=3.0e-4
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/codebook_c25" --codebook "$W/codebook_c25" \
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
   --scorer "$W/scorer_c2/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=13500 --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"

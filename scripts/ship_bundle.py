@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in a.meta:
         key, _, value = item.partition("=")
         bundle.meta[key] = value
-    bundle.set_sampling_defaults(temperature=a.temperature, top_k=a.top_k, guidance=a.guidance)
+    given = {"temperature": a.temperature, "top_k": a.top_k, "guidance": a.guidance}
+    bundle.set_sampling_defaults(**{k: v for k, v in given.items() if v is not None})   # a bundle's own stay
     if a.scorer is not None:
         bundle.set_scorer(a.scorer)
     card = a.card.read_text() if a.card else None

@@ -48,6 +48,11 @@ def test_ship_swaps_in_the_decoder_over_the_same_codebook_only(tmp_path):
     info = json.loads((tmp_path / "ship" / "bundle.json").read_text())
     assert info["meta"]["sampling"] == {"top_k": 4, "temperature": 0.9}
     assert info["meta"]["note"] == "test"
+    r = ship(str(tmp_path / "ship"), "--vqvae", str(tmp_path / "decoder"), "--top-k", "8",
+             "--out", str(tmp_path / "again"))                 # a bundle's own sampling settings stay
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "bundle.json").read_text())
+    assert again["meta"]["sampling"] == {"top_k": 8, "temperature": 0.9}
 
     other = PatchVQ(cfg)                              # another codebook: its codes mean other patches
     other.fit_codebook(torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)), iters=2)

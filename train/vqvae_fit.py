@@ -65,7 +65,7 @@ def fit_vqvae(preset: Preset, out_dir: Path, *, train_shards: list[str] | None =
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = ShardDataModule(preset.data, batch_size=cfg.batch_size, kind="images",
-                                 train_sources=shards, seed=cfg.seed)
+                                 train_sources=shards, seed=cfg.seed, captions=False)   # images are all it reads
     ckpt = latest_checkpoint(out_dir) if resume else None
     start = load_image_tokenizer(init_from) if init_from is not None and ckpt is None else None
     vqvae_cfg = start.config if start is not None else preset.vqvae

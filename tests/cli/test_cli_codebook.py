@@ -49,3 +49,33 @@ def test_bad_codebook_arguments_are_one_line_and_exit_2(shards, tmp_path, capsys
     assert main(["vqvae", "codebook", s, g, "--out", str(tmp_path / "c"), *SMALL, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_the_context_decoder_trains_on_recoloured_caption_less_shards(shards, tmp_path, capsys):
+    s, g = str(shards / "scenes"), str(shards / "signs")
+    assert main(["data", "recolour", s, g, "--out", str(tmp_path / "rc"), "--copies", "2", "--seed", "1"]) == 0
+    assert "read 24, written 48" in capsys.readouterr().err
+    assert main(["vqvae", "codebook", s, g, "--images", "12", "--out", str(tmp_path / "cb"), *SMALL]) == 0
+    codebook = load_image_tokenizer(tmp_path / "cb")
+    assert main(["vqvae", "train", str(tmp_path / "rc"), "--init-from", str(tmp_path / "cb"), "--out",
+                 str(tmp_path / "run"), *SMALL, "--set", "vqvae_train.max_steps=3", "--set",
+                 "vqvae_train.batch_size=8", "--set", "data.num_workers=0"]) == 0
+    trained = load_image_tokenizer(tmp_path / "run" / "export")
+    x = load_images(s, 64, 8)
+    assert torch.equal(trained.encode(x), codebook.encode(x))          # the codes stay the codebook's
+    assert not torch.equal(trained.decode(trained.encode(x)), codebook.decode(codebook.encode(x)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/shards"], "shard source not found"),
+    (["--copies", "0"], "expected a number >= 1"),
+])
+def test_bad_recolour_arguments_are_one_line_and_exit_2(shards, tmp_path, capsys, args, message):
+    src = [] if args[0].startswith("/") else [str(shards / "scenes")]
+    try:
+        code = main(["data", "recolour", *src, *args, "--out", str(tmp_path / "rc")])
+    except SystemExit as e:                                            # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -227,3 +227,22 @@ def test_training_batches_mix_shards_that_each_hold_one_kind(tmp_path, tiny_pres
         batches = [[int(key) // 8 for key in b["keys"]] for b in make_loader(ds, 0)]   # which shard
         assert len(batches) == 4
         assert all(len(set(b)) == (2 if mixed else 1) for b in batches), (k, batches)
+
+
+def test_image_only_reading_keeps_samples_without_a_caption(tmp_path, tiny_preset, tiny_tokenizer):
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "s") as w:
+        for i in range(6):
+            files = {"png": encode_image(random_image(rng, 20), "png")}
+            if i % 2:
+                files["txt"] = f"sample {i}"
+            w.write(f"{i:09d}", files)
+    cfg = dataclasses.replace(tiny_preset.data, shuffle_buffer=0)
+    keys, skipped = collect(make_loader(image_dataset(str(tmp_path / "s"), cfg, batch_size=2, train=False), 0))
+    assert keys == ["000000001", "000000003", "000000005"] and skipped == {"no_caption": 3}
+    batches = list(make_loader(image_dataset(str(tmp_path / "s"), cfg, batch_size=2, train=False,
+                                             captions=False), 0))
+    assert sum((b["keys"] for b in batches), []) == [f"{i:09d}" for i in range(6)]
+    assert all(c == "" for b in batches for c in b["captions"]) and all(b["skipped"] == {} for b in batches)
+    with pytest.raises(ValueError, match="need captions"):
+        image_dataset(str(tmp_path / "s"), cfg, batch_size=2, captions=False, tokenizer=tiny_tokenizer)

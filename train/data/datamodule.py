@@ -27,12 +27,15 @@ class ShardDataModule(L.LightningDataModule):
         image_grid: expected code grid side for token shards (checked per sample).
         seed: base seed.
         epoch_samples, val_samples: samples per epoch over all ranks (see the module docstring).
+        captions: False for image batches that need no caption (image-tokenizer training reads
+            caption-less shards too, e.g. ``dalle data recolour``'s).
     """
 
     def __init__(self, data_cfg: DataConfig, *, batch_size: int, kind: str = "images",
                  train_sources: list[str] | None = None, val_sources: list[str] | None = None,
                  tokenizer: TextTokenizer | None = None, image_grid: int | None = None,
-                 seed: int = 0, epoch_samples: int | None = None, val_samples: int | None = None):
+                 seed: int = 0, epoch_samples: int | None = None, val_samples: int | None = None,
+                 captions: bool = True):
         super().__init__()
         if kind not in ("images", "tokens"):
             raise ValueError(f"kind must be 'images' or 'tokens', got {kind!r}")
@@ -46,6 +49,7 @@ class ShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.epoch_samples = epoch_samples
         self.val_samples = val_samples
+        self.captions = captions
         self.rank, self.world_size = 0, 1
 
     def setup(self, stage: str | None = None) -> None:
@@ -62,7 +66,7 @@ class ShardDataModule(L.LightningDataModule):
             kw["resampled"] = False
         if self.kind == "tokens":
             return token_dataset(sources, self.data_cfg, image_grid=self.image_grid, **kw)
-        return image_dataset(sources, self.data_cfg, **kw)
+        return image_dataset(sources, self.data_cfg, captions=self.captions, **kw)
 
     def train_dataloader(self) -> ShardLoader:
         if not self.train_sources:

@@ -18,7 +18,7 @@ def load_images(source: Any, resolution: int, max_images: int, *, batch_size: in
     """
     cfg = DataConfig(resolution=resolution, num_workers=0, shuffle_buffer=0, background=list(background))
     stream = image_dataset(source if isinstance(source, list) else [source], cfg, batch_size=batch_size,
-                           train=False, rank=0, world_size=1)
+                           train=False, rank=0, world_size=1, captions=False)
     out: list[torch.Tensor] = []
     n = 0
     for batch in make_loader(stream, 0):

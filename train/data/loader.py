@@ -512,7 +512,7 @@ class BatchCollate:
 def image_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train: bool = True,
                   resampled: bool | None = None, seed: int = 0, epoch_samples: int | None = None,
                   tokenizer: TextTokenizer | None = None, rank: int | None = None,
-                  world_size: int | None = None) -> ShardStream:
+                  world_size: int | None = None, captions: bool = True) -> ShardStream:
     """Image-caption batches from img2dataset shards.
 
     Args:
@@ -525,10 +525,16 @@ def image_dataset(sources: Any, data_cfg: DataConfig, *, batch_size: int, train:
         epoch_samples: samples per epoch over all ranks (see the module docstring).
         tokenizer: adds "text_tokens" to each batch.
         rank, world_size: default from torch.distributed or RANK/WORLD_SIZE.
+        captions: False reads images alone (the image tokenizer's stages): samples without a
+            caption are kept, and every caption in a batch is empty.
     Returns:
         A :class:`ShardStream`; wrap it with :func:`make_loader`.
+    Raises:
+        ValueError: a tokenizer with ``captions=False``.
     """
-    factory = functools.partial(SampleDecoder, data_cfg, train=train)
+    if tokenizer is not None and not captions:
+        raise ValueError("text tokens need captions: pass captions=True with a tokenizer")
+    factory = functools.partial(SampleDecoder, data_cfg, train=train, captions=captions)
     return build_stream(sources, data_cfg, decoder_factory=factory, collate=BatchCollate("images", tokenizer),
                         batch_size=batch_size, train=train, resampled=resampled, seed=seed,
                         epoch_samples=epoch_samples, rank=rank, world_size=world_size)
