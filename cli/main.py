@@ -631,9 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_scorer_train)
     q = ssub.add_parser("eval", help="accuracy at picking the true caption among its hard negatives")
     q.add_argument("shards", nargs="+", metavar="SHARDS", help="one source per argument, reported separately")
-    q.add_argument("--scorer", required=True, help="scorer directory (OUT/scorer of 'dalle scorer train')")
+    q.add_argument("--scorer", required=True,
+                   help="scorer directory (OUT/scorer of 'dalle scorer train'), or a model bundle with a scorer")
     q.add_argument("--tokenizer", default=None,
-                   help="the tokenizer.json the scorer was trained with (default: the scorer's own copy)")
+                   help="the tokenizer.json the scorer was trained with (default: the scorer's own copy, or "
+                        "the bundle's)")
     q.add_argument("--max-images", type=A.positive_int, default=500, help="samples read per source")
     q.add_argument("--batch-size", type=A.positive_int, default=100)
     q.add_argument("--seed", type=A.seed, default=0, help="seed of the hard negatives")

@@ -26,7 +26,7 @@ from common.samples import SampleSettings, SkipCounter, read_samples
 from common.scorer_batches import NEG_SLOTS, ScorerCollate, ScorerSample, ScorerSampleDecoder, negatives_rng
 from common.shards import expand_sources
 from dalle.atomic import atomic_write_text
-from dalle.scorer import ImageTextScorer, ScorerError
+from dalle.scorer import BUNDLE_SCORER_DIR, ImageTextScorer, ScorerError
 from dalle.tokenizer import TextTokenizer
 from synth.negatives import hard_negatives
 from synth.scenes import render_scene, scene_sample
@@ -180,9 +180,11 @@ def evaluate_scorer(scorer_dir: str | Path, sources: Sequence[Any], *, tokenizer
     """Hard-negative accuracy per source of the scorer in ``scorer_dir``.
 
     Args:
-        scorer_dir: a scorer directory (``dalle scorer train`` writes ``OUT/scorer``).
+        scorer_dir: a scorer directory (``dalle scorer train`` writes ``OUT/scorer``), or a model
+            bundle with a scorer (``BUNDLE/scorer``).
         sources: one shard source per entry, each reported on its own (named by its last path part).
-        tokenizer_path: the scorer's tokenizer (default: ``scorer_dir/tokenizer.json``); its sha256
+        tokenizer_path: the scorer's tokenizer (default: ``scorer_dir/tokenizer.json``, or the bundle's
+            for a bundle's scorer, which has no copy of its own); its sha256
             must be the one the scorer was trained with.
         out: write ``scorer_eval.json`` and ``scorer_eval.md`` into this directory.
     Returns:
@@ -190,8 +192,15 @@ def evaluate_scorer(scorer_dir: str | Path, sources: Sequence[Any], *, tokenizer
     Raises:
         ScorerError: an unreadable scorer, or a tokenizer that is not the scorer's.
     """
+    scorer_dir = Path(scorer_dir)
+    if (scorer_dir / "bundle.json").is_file() and (scorer_dir / BUNDLE_SCORER_DIR).is_dir():
+        scorer_dir = scorer_dir / BUNDLE_SCORER_DIR                    # a model bundle: its scorer
     scorer = ImageTextScorer.from_checkpoint(scorer_dir, device=device)
-    tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else Path(scorer_dir) / "tokenizer.json"
+    if tokenizer_path is None:
+        tokenizer_path = scorer_dir / "tokenizer.json"
+        if not tokenizer_path.is_file() and (scorer_dir.parent / "bundle.json").is_file():
+            tokenizer_path = scorer_dir.parent / "tokenizer.json"     # a bundle's scorer reads the bundle's
+    tokenizer_path = Path(tokenizer_path)
     if not tokenizer_path.is_file():
         raise ScorerError(f"no tokenizer: {tokenizer_path} does not exist; pass the scorer's tokenizer.json")
     lowercase = bool(scorer.meta.get("lowercase", True))

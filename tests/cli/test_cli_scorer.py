@@ -94,3 +94,17 @@ def test_relation_scenes_for_the_scorer_from_the_command_line(tmp_path, capsys):
         main(["data", "scenes", str(tmp_path / "bad"), "--relation-share", "1.5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "--relation-share" in err[0]
+
+
+def test_scorer_eval_reads_a_bundles_scorer_with_the_bundles_tokenizer(scorers, tmp_path, capsys):
+    bundle, own, _ = scorers
+    from synth.scenes import build_scenes
+    build_scenes(tmp_path / "shards", 6, resolution=16, shard_size=6)
+    assert main(["scorer", "attach", str(own), "--model", str(bundle)]) == 0
+    assert not (bundle / "scorer" / "tokenizer.json").exists()        # a bundle's scorer has no copy of its own
+    capsys.readouterr()
+    for where in (bundle, bundle / "scorer"):
+        assert main(["scorer", "eval", str(tmp_path / "shards"), "--scorer", str(where), "--device", "cpu",
+                     "--out", str(tmp_path / "r")]) == 0
+        table = capsys.readouterr().out
+        assert "| shards | 6 |" in table
