@@ -122,7 +122,12 @@ dalle vqvae train "$D/recoloured" "$D/emoji/train" --preset small --init-from "$
 dalle vqvae train "$D/recoloured" "$D/recoloured_signs" "$D/emoji/train" --preset small --init-from "$W/vqvae_rc/export" \
   --out "$W/vqvae_rc3" --set vqvae_train.max_steps=1500 --set vqvae_train.edge_weight=0.1 --set vqvae_train.lr=3.0e-4
 
+# 6d. (2026-12-06, second session) the scorer annealed: 3,000 steps more at lr 3e-4 (19 min on one core)
+dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --tokenizer "$W/tokenizer.json" \
+  --out "$W/scorer_c3" --init-from "$W/scorer_c2/scorer" --set scorer_train.max_steps=3000 --set scorer_train.lr=3.0e-4 \
+  --set 'scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
 PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_c2/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=13500 --out "$W/candidate"
+  --scorer "$W/scorer_c3/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=13500 --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"
