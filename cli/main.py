@@ -653,9 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=A.positive_int, default=20, help="samples per prompt")
     p.add_argument("--temperatures", type=A.positive_float, nargs="+", default=[0.7, 1.0])
     p.add_argument("--candidates", type=A.positive_int, default=8, help="M for reranked pass@1")
-    p.add_argument("--guidance", type=A.nonneg_float, nargs="+", default=[1.0, 3.0],
+    p.add_argument("--guidance", type=A.nonneg_float, nargs="+", default=None,
                    help="guidance scales: the first in the temperature sweep, each then at the best pass@1 "
-                        "temperature (default 1 3)")
+                        "temperature (default: the model's recommended guidance, then 1 or 3 for comparison)")
     p.add_argument("--top-k", type=A.nonneg_int, default=None,
                    help="sample from the k most likely codes; 0: off (default: the model's recommended setting)")
     p.add_argument("--top-p", type=A.probability, default=None,

@@ -255,7 +255,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str | Path | Sequence[SuitePrompt] = "default",
              n: int = 20, temperatures: Sequence[float] = (0.7, 1.0), ks: Sequence[int] = (1, 10, 100),
-             candidates: int = 8, guidance_values: Sequence[float] = (1.0, 3.0), seed: int = 0,
+             candidates: int = 8, guidance_values: Sequence[float] | None = None, seed: int = 0,
              device: str | torch.device = "cpu", batch_size: int = 32, prompts_per_part: int = 12,
              top_k: int | None = None, top_p: float | None = None, frechet: bool = True,
              n_recon: int = 64, n_scorer_check: int = 200) -> dict[str, Any]:
@@ -269,6 +269,8 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
         temperatures: the sweep; ks: the budgets.
         candidates: M for reranked pass@1 (the best of M by mean log-probability).
         guidance_values: the first is used in the sweep; each is then run at the best pass@1 temperature.
+            None: the model's recommended guidance (``Dalle.sampling``, 1 when it has none), then 1 or 3
+            (whichever that is not), so the sweep measures the model as it samples by default.
         seed, device, batch_size: sampling options.
         top_k, top_p: None: the model's recommended setting (``Dalle.sampling``); 0: off.
         prompts_per_part: size of each part of the default suite (12: each of the six held-out words twice).
@@ -281,7 +283,8 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     """
     from dalle import Dalle
 
-    ks_used = _check_args(n, ks, temperatures, candidates, guidance_values)
+    if guidance_values is not None:
+        _check_args(n, ks, temperatures, candidates, guidance_values)
     if isinstance(suite, (str, Path)):
         prompts = default_suite(prompts_per_part, seed) if str(suite) == "default" else load_suite(suite)
     else:
@@ -291,6 +294,10 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = Dalle.from_pretrained(bundle_dir, device=device)
+    if guidance_values is None:
+        own = float(model.sampling.guidance)
+        guidance_values = (own, 3.0 if own == 1.0 else 1.0)
+    ks_used = _check_args(n, ks, temperatures, candidates, guidance_values)
     texts = [p.prompt for p in prompts]
     # top-k / top-p: None is the model's recommended setting (bundle.json meta.sampling), 0 is off
     top_k = model.sampling.top_k if top_k is None else (top_k or None)

@@ -177,3 +177,21 @@ def test_run_eval_rejects_bad_arguments(tiny_bundle, tmp_path):
         run_eval(tiny_bundle, tmp_path, n=3, ks=(10,))
     with pytest.raises(ValueError, match="temperatures"):
         run_eval(tiny_bundle, tmp_path, n=4, temperatures=(0.0,))
+
+
+def test_run_eval_sweeps_at_the_models_recommended_guidance_by_default(tmp_path, monkeypatch):
+    import dalle
+
+    suite = default_suite(prompts_per_part=2, seed=0)
+    model = RenderModel(suite, lambda position, temperature, guidance: 1)
+    monkeypatch.setattr(dalle.Dalle, "from_pretrained", classmethod(lambda cls, path, device="cpu": model))
+    kw = dict(suite=suite, n=2, temperatures=(1.0,), ks=(1,), candidates=2, batch_size=8, frechet=False, n_recon=2)
+    result = run_eval("unused", tmp_path / "a", **kw)                        # no recommendation: 1, then 3
+    assert model.calls == [(1.0, 1.0), (1.0, 3.0)] and result["base_guidance"] == 1.0
+    model.calls.clear()
+    model.sampling = SamplingOptions.recommended({"guidance": 2.0, "top_k": 8})
+    result = run_eval("unused", tmp_path / "b", **kw)                        # the model's 2, then 1 to compare
+    assert model.calls == [(1.0, 2.0), (1.0, 1.0)] and result["base_guidance"] == 2.0
+    assert set(result["guidance"]) == {"2.0", "1.0"} and result["top_k"] == 8
+    with pytest.raises(ValueError, match="guidance"):
+        run_eval("unused", tmp_path / "c", guidance_values=(), **kw)
