@@ -209,9 +209,9 @@ class SampleDecoder(SkipCountingDecoder):
 
     def decode(self, sample: dict) -> Decoded:
         """Decode or raise :class:`SkipSample` (caption first: it is cheap)."""
-        caption = ""
-        if self.captions:      # case kept: the text tokenizer lowercases what it does not spell (dalle.tokenizer),
-            caption = decode_caption(sample.get(CAPTION_EXT), lowercase=False)   # so words to draw reach it as written
+        # case kept: the text tokenizer lowercases what it does not spell (dalle.tokenizer), so the
+        # words to draw reach it as written
+        caption = decode_caption(sample.get(CAPTION_EXT), lowercase=False) if self.captions else ""
         image = decode_image_uint8(find_image(sample), self.cfg, resolution=self.cfg.resolution,
                                    rng=self._crop_rng(sample), random_crop=self.random_crop)
         return Decoded(key=str(sample.get("__key__", "")), caption=caption, image=image)

@@ -283,8 +283,8 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     """
     from dalle import Dalle
 
-    if guidance_values is not None:
-        _check_args(n, ks, temperatures, candidates, guidance_values)
+    # the model's recommended guidance (filled in below) is valid by construction (SamplingOptions)
+    ks_used = _check_args(n, ks, temperatures, candidates, (1.0,) if guidance_values is None else guidance_values)
     if isinstance(suite, (str, Path)):
         prompts = default_suite(prompts_per_part, seed) if str(suite) == "default" else load_suite(suite)
     else:
@@ -297,7 +297,6 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     if guidance_values is None:
         own = float(model.sampling.guidance)
         guidance_values = (own, 3.0 if own == 1.0 else 1.0)
-    ks_used = _check_args(n, ks, temperatures, candidates, guidance_values)
     texts = [p.prompt for p in prompts]
     # top-k / top-p: None is the model's recommended setting (bundle.json meta.sampling), 0 is off
     top_k = model.sampling.top_k if top_k is None else (top_k or None)

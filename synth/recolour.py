@@ -46,14 +46,13 @@ def recolour_sign(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, A
     return {**spec, "board_color": board, "text_color": text}
 
 
+RECOLOURERS = {"scene": recolour_scene, "sign": recolour_sign}   # the kinds that can be recoloured
+
+
 def recolour(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
     """:func:`recolour_scene` or :func:`recolour_sign` by the spec's ``kind``; None for other samples."""
-    kind = spec.get("kind")
-    if kind == "scene":
-        return recolour_scene(spec, rng)
-    if kind == "sign":
-        return recolour_sign(spec, rng)
-    return None
+    fn = RECOLOURERS.get(spec.get("kind"))
+    return None if fn is None else fn(spec, rng)
 
 
 def render_spec(spec: dict[str, Any], resolution: int) -> Image.Image:
@@ -76,7 +75,8 @@ def build_recoloured(sources: Sequence[str], out_dir: str | Path, *, copies: int
 
     Each ``.json`` keeps the recoloured layout (objects, board and text colours, words) but not the
     source's caption or claims, which name the old colours. Samples of other kinds (emoji, scraped
-    images) and samples whose ``.json`` is unreadable are skipped and counted. Keys are ``recolour{n:09d}``; the same sources and seed give the same shards.
+    images) and samples whose ``.json`` is unreadable are skipped and counted. Keys are
+    ``recolour{n:09d}``; the same sources and seed give the same shards.
 
     Returns:
         ``(shard paths, counts)``: counts of ``written`` images, ``read`` samples and skip reasons.
@@ -101,7 +101,7 @@ def build_recoloured(sources: Sequence[str], out_dir: str | Path, *, copies: int
             except (KeyError, ValueError, UnicodeDecodeError):
                 counter.add("no_description")
                 continue
-            if not isinstance(spec, dict) or spec.get("kind") not in ("scene", "sign"):
+            if not isinstance(spec, dict) or spec.get("kind") not in RECOLOURERS:
                 counter.add("not_scene_or_sign")
                 continue
             for _ in range(copies):
