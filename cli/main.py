@@ -398,6 +398,28 @@ def cmd_scorer_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scorer_samples(a: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from common.shards import expand_sources
+    from train.scorer_samples import harvest, split_samples
+    if a.candidates < 2:
+        raise UsageError(f"--candidates must be >= 2 (a passing and a failing one), got {a.candidates}")
+    if not 0 <= a.val_share < 1:
+        raise UsageError(f"--val-share must be in [0, 1), got {a.val_share}")
+    expand_sources(a.shards)                      # a missing source is one line before the model loads
+    model = load_model(a)
+    bar = tqdm(total=a.prompts, desc="captions", unit="caption")
+    stats = harvest(model, a.shards, a.out, prompts=a.prompts, candidates=a.candidates, seed=a.seed,
+                    progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    split = split_samples(a.out, val_share=a.val_share, copies=a.copies)
+    print(f"{stats['captions']} captions, {stats['passed']} of {stats['candidates']} candidates pass the checker, "
+          f"{stats['mixed_captions']} captions with both: {stats['samples']} samples, {split['train_samples']} in "
+          f"{a.out}/train (x{a.copies}), {split['val_samples']} in {a.out}/val")
+    return 0
+
+
 def cmd_scorer_attach(a: argparse.Namespace) -> int:
     from dalle.bundle import load_bundle
     from dalle.scorer import ImageTextScorer, attach_scorer
@@ -642,6 +664,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="write scorer_eval.json and scorer_eval.md here")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.set_defaults(func=cmd_scorer_eval)
+    q = ssub.add_parser("samples", help="a model's own samples for training captions, labelled by the checker: "
+                        "shards of passing candidates with failing ones as image negatives")
+    q.add_argument("shards", nargs="+", metavar="SHARDS",
+                   help="training shards with synthetic truth (.json claims): scenes or signs")
+    q.add_argument("--model", default=None, help="model bundle directory (default: the embedded model)")
+    q.add_argument("--out", required=True, help="directory for the shards and harvest.json")
+    q.add_argument("--prompts", type=A.positive_int, default=1000, help="captions drawn from the shards")
+    q.add_argument("--candidates", type=A.positive_int, default=8, help="images per caption (>= 2)")
+    q.add_argument("--val-share", type=float, default=0.15,
+                   help="share of the captions (the last drawn) whose samples go to OUT/val, not OUT/train")
+    q.add_argument("--copies", type=A.positive_int, default=1,
+                   help="write OUT/train this many times (distinct shard names) to weigh it in a training mix")
+    q.add_argument("--seed", type=A.seed, default=0)
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.set_defaults(func=cmd_scorer_samples, scorer=None)
     q = ssub.add_parser("attach", help="put a scorer into a model bundle (checked: same tokenizer, resolution)")
     q.add_argument("scorer", metavar="SCORER_DIR", help="scorer directory (OUT/scorer of 'dalle scorer train')")
     q.add_argument("--model", required=True, help="the model bundle directory to add it to")

@@ -12,6 +12,9 @@ evaluation (:mod:`evaluation.scorer_eval`) the ones of the scorer's validation.
 (B, NEG_SLOTS, text_len) int64 (empty slots hold the null caption), "neg_mask"
 (B, NEG_SLOTS) bool and "neg_kinds" (per sample, the kind of each slot). A negative whose ids equal
 the true caption's (the change fell in the part cut by ``text_len``) is no negative: its slot is masked.
+With image negatives (``image_negatives`` > 0) batches also carry "neg_images" (B, J, 3, R, R) uint8,
+"neg_image_mask" (B, J) bool and "neg_image_kinds": renders of the sample's truth with one fact its caption
+states made false, to be scored against the unchanged caption (which image fits, the reranking question).
 
 With ``aux_grid`` set, batches also carry dense targets read off the truth, for the
 auxiliary heads of training (:mod:`train.scorer_module`): "aux_cells" (B, aux_grid^2), for
@@ -28,18 +31,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from common.image_decode import decode_image_uint8
 from common.samples import SampleDecoder, SkipCounter
 from dalle.tokenizer import TextTokenizer
-from synth.negatives import hard_negatives
+from synth.negatives import hard_negatives, image_negatives
+from synth.recolour import render_spec
 from synth.scenes import COLORS, RELATIONS, SHAPES
 
 NEG_SLOTS = 4
+STORED_NEGATIVE = re.compile(r"neg\d+\.(?:png|jpg|jpeg|webp)")   # image negatives a sample carries itself
 MAX_CHARS = 12                                   # letters read by the auxiliary word head
 N_CHAR_CLASSES = 27                              # A-Z, then "no letter" (after the end of the word)
 N_CELL_CLASSES = len(COLORS) * len(SHAPES) + 1   # colour x shape, then background
@@ -61,6 +68,7 @@ class ScorerSample:
     chars: torch.Tensor | None = None    # (MAX_CHARS,) int64, -1: no sign truth
     counts: torch.Tensor | None = None   # (N_CELL_CLASSES - 1,) int64, -1: no scene truth
     relation: torch.Tensor | None = None  # (4,) int64: relation, subject, first, second class; -1: no scene truth
+    neg_images: list[tuple[str, torch.Tensor]] = field(default_factory=list)   # (kind, (3, R, R) uint8) image negatives
 
 
 def _pair_class(obj: dict) -> int:
@@ -131,24 +139,62 @@ def negatives_rng(sample_seed: str | None, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def rendered_image_negatives(truth: dict | None, rng: np.random.Generator, n: int,
+                             side: int) -> list[tuple[str, torch.Tensor]]:
+    """Up to ``n`` image negatives of a truth (:func:`synth.negatives.image_negatives`) rendered at ``side``
+    px: ``[(kind, (3, side, side) uint8)]``; a spec the renderer cannot draw gives no negative."""
+    out = []
+    for kind, spec in image_negatives(truth, rng, n):
+        try:
+            rendered = np.asarray(render_spec(spec, side).convert("RGB"), dtype=np.uint8)
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append((kind, torch.from_numpy(rendered.copy()).permute(2, 0, 1)))
+    return out
+
+
 class ScorerSampleDecoder(SampleDecoder):
-    """:class:`SampleDecoder` plus the hard negatives of the sample's truth (none when ``with_negatives`` is off)."""
+    """:class:`SampleDecoder` plus the hard negatives of the sample's truth (none when ``with_negatives`` is off)
+    and, with ``image_negatives`` > 0, up to that many image negatives rendered at the sample's side (the
+    truth with one stated fact made false, :func:`synth.negatives.image_negatives`)."""
 
     def __init__(self, cfg: Any, counter: SkipCounter, *, with_negatives: bool = True,
-                 aux_grid: int | None = None, **kwargs: Any):
+                 aux_grid: int | None = None, image_negatives: int = 0, **kwargs: Any):
         super().__init__(cfg, counter, **kwargs)
         self.with_negatives = with_negatives
         self.aux_grid = aux_grid
+        self.image_negatives = image_negatives
 
     def decode(self, sample: dict) -> ScorerSample:
         d = super().decode(sample)
         negatives: list[tuple[str, str]] = []
-        truth = read_truth(sample.get("json")) if self.with_negatives or self.aux_grid else None
+        neg_images: list[tuple[str, torch.Tensor]] = []
+        wants_truth = self.with_negatives or self.aux_grid or self.image_negatives
+        truth = read_truth(sample.get("json")) if wants_truth else None
         if self.with_negatives:
             negatives = hard_negatives(d.caption, truth, negatives_rng(self.sample_seed, d.key))[:NEG_SLOTS]
+        if self.image_negatives:
+            neg_images = rendered_image_negatives(truth, negatives_rng(f"image-{self.sample_seed}", d.key),
+                                                  self.image_negatives, int(d.image.shape[-1]))
+            neg_images += self.stored_image_negatives(sample)
         cells, chars, counts, relation = aux_targets(truth, self.aux_grid) if self.aux_grid else (None,) * 4
         return ScorerSample(key=d.key, caption=d.caption, image=d.image, negatives=negatives,
-                            cells=cells, chars=chars, counts=counts, relation=relation)
+                            cells=cells, chars=chars, counts=counts, relation=relation, neg_images=neg_images)
+
+
+    def stored_image_negatives(self, sample: dict) -> list[tuple[str, torch.Tensor]]:
+        """The image negatives a sample carries itself (``neg0.png``, ``neg1.png``, ...: failing candidates of a
+        model for the same caption, :mod:`train.scorer_samples`), decoded like the sample's image (centre
+        crop); one that does not decode is left out and counted as ``bad_stored_negative``."""
+        out = []
+        for name in sorted(k for k in sample if STORED_NEGATIVE.fullmatch(k)):
+            try:
+                image = decode_image_uint8(sample[name], self.cfg, resolution=self.cfg.resolution)
+            except Exception:  # noqa: BLE001 - SkipSample or a broken file: this negative only
+                self.counter.add("bad_stored_negative")
+                continue
+            out.append(("generated", image))
+        return out
 
 
 class ScorerCollate:
@@ -175,6 +221,16 @@ class ScorerCollate:
                  "keys": [s.key for s in items], "skipped": skipped,
                  "text_tokens": text_tokens, "neg_tokens": neg_tokens, "neg_mask": neg_mask,
                  "neg_kinds": [[k for k, _ in s.negatives] for s in items]}
+        slots = max((len(s.neg_images) for s in items), default=0)
+        if slots:
+            neg_images = torch.zeros(b, slots, *items[0].image.shape, dtype=torch.uint8)   # (B, J, 3, R, R)
+            neg_image_mask = torch.zeros(b, slots, dtype=torch.bool)                       # (B, J)
+            for i, s in enumerate(items):
+                for j, (_, image) in enumerate(s.neg_images):
+                    neg_images[i, j] = image
+                    neg_image_mask[i, j] = True
+            batch.update(neg_images=neg_images, neg_image_mask=neg_image_mask,
+                         neg_image_kinds=[[k for k, _ in s.neg_images] for s in items])
         if items and items[0].cells is not None:
             batch["aux_cells"] = torch.stack([s.cells for s in items])            # (B, g*g)
             batch["aux_chars"] = torch.stack([s.chars for s in items])            # (B, MAX_CHARS)

@@ -155,7 +155,9 @@ def scorer_report(model: Any, prompts: Sequence[SuitePrompt], samples: Sequence[
                                 "scorer (a CLIPScore-style figure, not OpenAI CLIP: not comparable with published "
                                 "CLIPScores); real = a render of the prompt's description, generated = the "
                                 f"samples at T={temperature}"),
-            "hard_negative_accuracy": {k: {"accuracy": v["accuracy"], "per_kind": v["per_kind"], "n": v["n"]}
+            "hard_negative_accuracy": {k: {"accuracy": v["accuracy"], "per_kind": v["per_kind"], "n": v["n"],
+                                           "image_accuracy": v["image_accuracy"],
+                                           "image_per_kind": v["image_per_kind"]}
                                        for k, v in accuracy.items()},
             "meta": {k: v for k, v in model.scorer.meta.items() if k in ("global_step", "train_seconds_this_run")}}
 
@@ -226,6 +228,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {part} | {fmt(v['real'])} | {fmt(v['generated'])} | {fmt(v['generated_passing'])} |")
         lines += ["", "Hard-negative accuracy (true caption above all its hard negatives) on fresh renders: "
                   + ", ".join(f"{k} {fmt(v['accuracy'])} (n={v['n']})" for k, v in sc["hard_negative_accuracy"].items())
+                  + "; true image above all its image negatives (the truth with one stated fact made false, "
+                  "rendered) for the caption: "
+                  + ", ".join(f"{k} {fmt(v.get('image_accuracy'))}" for k, v in sc["hard_negative_accuracy"].items())
                   + "."]
     lines += ["", "Best temperature per k (all prompts): "
               + ", ".join(f"pass@{k}: T={v['temperature']} ({v['pass@k']:.3f})"

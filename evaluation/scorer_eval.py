@@ -9,6 +9,11 @@ its negatives), the same per kind of negative (true caption above that negative)
 ``batch_top1`` (image -> caption retrieval among the captions of a batch of
 ``batch_size`` samples, the usual CLIP figure, easier than the hard negatives).
 
+The other direction is the one reranking asks (which of several images fits one caption):
+``image_accuracy`` is the share of samples whose true image the scorer puts strictly above each
+of its **image negatives** for the unchanged caption (the truth with one stated fact made false
+and rendered: :func:`synth.negatives.image_negatives`), also per kind (``image_per_kind``).
+
 Run: ``dalle scorer eval SHARDS... --scorer DIR``.
 """
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch
 from PIL import Image
 
 from common.samples import SampleSettings, SkipCounter, read_samples
-from common.scorer_batches import NEG_SLOTS, ScorerCollate, ScorerSample, ScorerSampleDecoder, negatives_rng
+from common.scorer_batches import (NEG_SLOTS, ScorerCollate, ScorerSample, ScorerSampleDecoder, negatives_rng,
+                                   rendered_image_negatives)
 from common.shards import expand_sources
 from dalle.atomic import atomic_write_text
 from dalle.scorer import BUNDLE_SCORER_DIR, ImageTextScorer, ScorerError
@@ -31,6 +37,8 @@ from dalle.tokenizer import TextTokenizer
 from synth.negatives import hard_negatives
 from synth.scenes import render_scene, scene_sample
 from synth.signs import sign_sample
+
+IMAGE_NEGATIVES = 2      # image negatives per sample in the evaluation (different kinds; for signs, letters)
 
 
 def hard_negative_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, source: Any, *,
@@ -80,7 +88,8 @@ def shard_batches(tokenizer: TextTokenizer, source: Any, *, resolution: int, bat
     """
     urls = expand_sources(source)
     counter = SkipCounter()
-    decode = ScorerSampleDecoder(SampleSettings(resolution=resolution), counter, sample_seed=f"{seed}-0-0")
+    decode = ScorerSampleDecoder(SampleSettings(resolution=resolution), counter, sample_seed=f"{seed}-0-0",
+                                 image_negatives=IMAGE_NEGATIVES)
     n = 0
     for batch in _batched(filter(None, map(decode, read_samples(urls, counter))), ScorerCollate(tokenizer),
                           batch_size):
@@ -98,7 +107,9 @@ def render_batches(tokenizer: TextTokenizer, samples: Iterable[tuple[Image.Image
         key = f"render{i:09d}"
         pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
         negs = hard_negatives(caption, truth, negatives_rng(str(seed), key))[:NEG_SLOTS]
-        return ScorerSample(key=key, caption=caption, image=pixels, negatives=negs)
+        images = rendered_image_negatives(truth, negatives_rng(f"image-{seed}", key), IMAGE_NEGATIVES,
+                                          int(pixels.shape[-1]))
+        return ScorerSample(key=key, caption=caption, image=pixels, negatives=negs, neg_images=images)
 
     items = (item(i, *sample) for i, sample in enumerate(samples))
     yield from _batched(items, ScorerCollate(tokenizer), batch_size)
@@ -125,16 +136,42 @@ def synthetic_accuracy(scorer: ImageTextScorer, tokenizer: TextTokenizer, *, n: 
     return out
 
 
+class _Tally:
+    """Wins of the true item over its negatives: all of them (``accuracy``) and each one, by kind."""
+
+    def __init__(self) -> None:
+        self.n = self.wins = 0
+        self.kind_n: dict[str, int] = defaultdict(int)
+        self.kind_wins: dict[str, int] = defaultdict(int)
+        self.negative_scores: list[float] = []
+
+    def add(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor, kinds: list[list[str]]) -> None:
+        """pos (b,) true scores; neg (b, K) negative scores; mask (b, K) which slots hold one; kinds per row."""
+        for i in range(pos.size(0)):
+            slots = [(j, kind) for j, kind in enumerate(kinds[i]) if mask[i, j]]
+            if not slots:
+                continue
+            self.n += 1
+            self.wins += int(bool((pos[i] > neg[i][mask[i]]).all()))
+            for j, kind in slots:
+                self.kind_n[kind] += 1
+                self.kind_wins[kind] += int(bool(pos[i] > neg[i, j]))
+                self.negative_scores.append(float(neg[i, j]))
+
+    def accuracy(self) -> float | None:
+        return self.wins / self.n if self.n else None
+
+    def per_kind(self) -> dict[str, float]:
+        return {k: self.kind_wins[k] / self.kind_n[k] for k in sorted(self.kind_n)}
+
+
 @torch.inference_mode()
 def accuracy_from_batches(scorer: ImageTextScorer, batches: Iterable[dict], *, max_images: int,
                           device: str | torch.device = "cpu") -> dict[str, Any]:
     """The figures of :func:`hard_negative_accuracy` over scorer batches (uint8 images, negatives)."""
-    n = n_neg = wins = 0
-    top1 = top1_n = 0
-    kind_wins: dict[str, int] = defaultdict(int)
-    kind_n: dict[str, int] = defaultdict(int)
+    n = top1 = top1_n = 0
+    captions, images_ = _Tally(), _Tally()
     cos_true: list[float] = []
-    cos_neg: list[float] = []
     for batch in batches:
         keep = min(len(batch["keys"]), max_images - n)
         images = (batch["images"][:keep].float() / 255.0).to(device)               # (b, 3, R, R)
@@ -142,6 +179,7 @@ def accuracy_from_batches(scorer: ImageTextScorer, batches: Iterable[dict], *, m
         mask = batch["neg_mask"][:keep]                                            # (b, K)
         img, txt = scorer.encode_images(images), scorer.encode_text(text)          # (b, D)
         pos = (img * txt).sum(-1).cpu()                                            # (b,)
+        cos_true += pos.tolist()
         sims = img @ txt.T                                                         # (b, b)
         if keep > 1:
             top1 += int((sims.argmax(1).cpu() == torch.arange(keep)).sum())
@@ -151,27 +189,27 @@ def accuracy_from_batches(scorer: ImageTextScorer, batches: Iterable[dict], *, m
             rows = mask.nonzero()[:, 0].to(device)
             emb = scorer.encode_text(batch["neg_tokens"][:keep][mask].to(device))  # (N, D)
             neg[mask] = (img[rows] * emb).sum(-1).cpu()
-        for i in range(keep):
-            slots = [(j, kind) for j, kind in enumerate(batch["neg_kinds"][i]) if mask[i, j]]
-            cos_true.append(float(pos[i]))
-            if not slots:
-                continue
-            n_neg += 1
-            wins += int(bool((pos[i] > neg[i]).all()))
-            for j, kind in slots:
-                kind_n[kind] += 1
-                kind_wins[kind] += int(bool(pos[i] > neg[i, j]))
-                cos_neg.append(float(neg[i, j]))
+        captions.add(pos, neg, mask, batch["neg_kinds"])
+        if "neg_images" in batch and bool(batch["neg_image_mask"][:keep].any()):
+            imask = batch["neg_image_mask"][:keep]                                 # (b, J)
+            rows = imask.nonzero()[:, 0].to(device)
+            emb = scorer.encode_images((batch["neg_images"][:keep][imask].float() / 255.0).to(device))   # (N, D)
+            ineg = torch.full(imask.shape, float("-inf"))                          # (b, J)
+            ineg[imask] = (emb * txt[rows]).sum(-1).cpu()
+            images_.add(pos, ineg, imask, batch["neg_image_kinds"])
         n += keep
         if n >= max_images:
             break
     if n == 0:
         raise ValueError("no usable sample")
-    return {"n": n, "n_with_negatives": n_neg, "accuracy": wins / n_neg if n_neg else None,
-            "per_kind": {k: kind_wins[k] / kind_n[k] for k in sorted(kind_n)}, "n_per_kind": dict(sorted(kind_n.items())),
+    negative = captions.negative_scores
+    return {"n": n, "n_with_negatives": captions.n, "accuracy": captions.accuracy(),
+            "per_kind": captions.per_kind(), "n_per_kind": dict(sorted(captions.kind_n.items())),
             "batch_top1": top1 / top1_n if top1_n else None,
             "mean_cosine_true": sum(cos_true) / len(cos_true),
-            "mean_cosine_negative": sum(cos_neg) / len(cos_neg) if cos_neg else None}
+            "mean_cosine_negative": sum(negative) / len(negative) if negative else None,
+            "n_with_image_negatives": images_.n, "image_accuracy": images_.accuracy(),
+            "image_per_kind": images_.per_kind()}
 
 
 def evaluate_scorer(scorer_dir: str | Path, sources: Sequence[Any], *, tokenizer_path: str | Path | None = None,
@@ -223,10 +261,12 @@ def evaluate_scorer(scorer_dir: str | Path, sources: Sequence[Any], *, tokenizer
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """A table: one row per source, accuracy overall and per kind of negative."""
+    """A table: one row per source, accuracy overall and per kind of negative, then the same for image negatives."""
     kinds = sorted({k for r in report["sources"].values() for k in r["per_kind"]})
-    lines = ["| source | n | hard-negative accuracy | " + " | ".join(kinds) + " | batch top-1 |",
-             "|---|---|---|" + "---|" * len(kinds) + "---|"]
+    image_kinds = sorted({k for r in report["sources"].values() for k in r.get("image_per_kind", {})})
+    lines = ["| source | n | hard-negative accuracy | " + " | ".join(kinds) + " | batch top-1 | image negatives | "
+             + " | ".join(f"image {k}" for k in image_kinds) + " |",
+             "|---|---|---|" + "---|" * len(kinds) + "---|---|" + "---|" * len(image_kinds)]
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
@@ -234,5 +274,6 @@ def to_markdown(report: dict[str, Any]) -> str:
     for name, r in report["sources"].items():
         lines.append(f"| {name} | {r['n']} | {fmt(r['accuracy'])} | "
                      + " | ".join(fmt(r["per_kind"].get(k)) for k in kinds)
-                     + f" | {fmt(r['batch_top1'])} (of {r['batch_size']}) |")
+                     + f" | {fmt(r['batch_top1'])} (of {r['batch_size']}) | {fmt(r.get('image_accuracy'))} | "
+                     + " | ".join(fmt(r.get("image_per_kind", {}).get(k)) for k in image_kinds) + " |")
     return "\n".join(lines) + "\n"

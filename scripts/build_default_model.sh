@@ -127,7 +127,31 @@ dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --
   --out "$W/scorer_c3" --init-from "$W/scorer_c2/scorer" --set scorer_train.max_steps=3000 --set scorer_train.lr=3.0e-4 \
   --set 'scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
 
+# 6e. (2026-12-06, third session) image negatives: renders of the truth with one stated fact false (two per
+# sample, caption -> image loss), colour / shape factored heads, bf16 autocast; 3,000 steps at lr 3e-4 (28 min)
+SCORER_HEADS='scorer_train.aux_heads=[cells,chars,text_chars,text_relation,layout,text_layout]'
+dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --tokenizer "$W/tokenizer.json" \
+  --out "$W/scorer_e" --init-from "$W/scorer_c3/scorer" --set scorer_train.max_steps=3000 --set scorer_train.lr=3.0e-4 \
+  --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=2 --set scorer_train.aux_factored=true \
+  --set "$SCORER_HEADS"
+
+# 6f. the model's own samples: 8 candidates for each of 900 training scene captions at the shipped sampling
+# settings (the bundle of step 7 with scorer_e), labelled by the checker (25 min on one core); the last 15% of
+# the captions are kept to measure how often a scorer puts a passing candidate above a failing one
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
+  --scorer "$W/scorer_e/scorer" --top-k 8 --guidance 2 --temperature 1.0 --out "$W/candidate_e"
+dalle scorer samples "$D/scenes/00029.tar" "$D/relation_scenes/00009.tar" --model "$W/candidate_e" \
+  --out "$W/generated" --prompts 900 --candidates 8 --seed 1 --val-share 0.15 --copies 10
+
+# 6g. the scorer fine-tuned on them beside the renders: 1,500 steps at lr 3e-4
+dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$W/generated/train" --preset small \
+  --tokenizer "$W/tokenizer.json" --out "$W/scorer_g" --init-from "$W/scorer_e/scorer" \
+  --set scorer_train.max_steps=1500 --set scorer_train.lr=3.0e-4 --set scorer_train.warmup_steps=50 \
+  --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
+  --set "$SCORER_HEADS"
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
 PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_c3/scorer" --top-k 16 --temperature 1.0 --meta license=mit --meta continued_from=13500 --out "$W/candidate"
+  --scorer "$W/scorer_g/scorer" --top-k 8 --guidance 2 --temperature 1.0 --meta license=mit --meta continued_from=13500 \
+  --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"

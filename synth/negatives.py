@@ -14,6 +14,15 @@ the template, word order and every other word, and differs only in the fact chan
   these, at different positions), ``board_colour`` (when the caption names it),
   ``word`` (another word of the same source and length range).
 
+Reranking asks the other question: which of several images fits one caption. So the truth also
+gives **image** negatives (:func:`image_negatives`): the sample's spec with one fact the caption
+states made false, to be rendered and scored against the unchanged caption: ``colour`` / ``shape``
+(one object of a stated group gets another colour / shape, never a held-out pair of the spec),
+``count`` (one object of a stated group removed), ``relation`` (the stated subject and object swap
+places), ``size`` (one object of a group stated "small" / "large" drawn at the other size), ``blob``
+(one object of a stated group misdrawn as an irregular polygon of its colour: what an undertrained
+model draws); for signs ``letter`` (one letter of the drawn text replaced).
+
 A sample without a usable truth (another dataset's ``.json``, or none) has no hard
 negatives. Every choice comes from the ``rng`` passed in.
 """
@@ -25,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from synth.scenes import COLORS, SHAPES
+from synth.scenes import COLORS, SHAPES, SIZES
 from synth.signs import BOARD_COLORS, DEFAULT_HELD_OUT_WORDS, caption_case
 from synth.words import sample_word
 
@@ -180,3 +189,93 @@ def hard_negatives(caption: str, truth: dict[str, Any] | None, rng: np.random.Ge
             seen.add(c)
             unique.append((k, c))
     return unique
+
+
+IMAGE_SCENE_KINDS = ("colour", "count", "shape", "relation", "size", "blob")
+IMAGE_SIGN_KINDS = ("letter",)
+
+
+def blob_outline(rng: np.random.Generator) -> list[list[float]]:
+    """An irregular polygon in the unit box: 5-8 vertices at jittered angles and radii of 0.25-0.55."""
+    n = int(rng.integers(5, 9))
+    angles = (np.arange(n) + rng.uniform(-0.35, 0.35, n)) * 2 * np.pi / n + rng.uniform(0, 2 * np.pi)
+    radii = rng.uniform(0.25, 0.55, n)
+    return [[round(0.5 + float(r * np.cos(a)), 4), round(0.5 + float(r * np.sin(a)), 4)] for a, r in zip(angles, radii)]
+
+
+def _members(objects: list[dict[str, Any]], group: dict[str, Any]) -> list[int]:
+    return [i for i, o in enumerate(objects) if o.get("color") == group.get("color") and o.get("shape") == group.get("shape")]
+
+
+def scene_image_negative(spec: dict[str, Any], kind: str, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The scene spec with one fact its caption states made false (see the module docstring), or None."""
+    claims = spec.get("claims") or {}
+    objects = [dict(o) for o in spec.get("objects") or []]
+    if kind == "relation":
+        rel = claims.get("relation")
+        if not rel:
+            return None
+        a, b = _members(objects, rel["subject"]), _members(objects, rel["object"])
+        if len(a) != 1 or len(b) != 1:
+            return None
+        i, j = a[0], b[0]
+        for key in ("cx", "cy"):
+            objects[i][key], objects[j][key] = objects[j][key], objects[i][key]
+        return {**spec, "objects": objects}
+    groups = [g for g in claims.get("objects") or [] if _members(objects, g)]
+    if kind == "size":
+        groups = [g for g in groups if g.get("size") in SIZES]
+    if not groups:
+        return None
+    stated = {(g["color"], g["shape"]) for g in groups}
+    barred = stated | {tuple(p) for p in spec.get("held_out") or []}
+    for gi in rng.permutation(len(groups)):
+        g = groups[int(gi)]
+        members = _members(objects, g)
+        i = members[int(rng.integers(len(members)))]
+        if kind == "count":
+            return {**spec, "objects": objects[:i] + objects[i + 1:]}
+        if kind == "size":
+            other = next(name for name in SIZES if name != g["size"])
+            lo, hi = SIZES[other]
+            objects[i].update(size=other, d=round(float(rng.uniform(lo, hi)), 4))
+            return {**spec, "objects": objects}
+        if kind == "blob":
+            objects[i]["outline"] = blob_outline(rng)
+            return {**spec, "objects": objects}
+        if kind == "colour":
+            options = [c for c in COLORS if (c, g["shape"]) not in barred]
+            field = "color"
+        elif kind == "shape":
+            options = [s for s in SHAPES if (g["color"], s) not in barred]
+            field = "shape"
+        else:
+            raise ValueError(f"unknown scene image negative kind {kind!r}; known: {IMAGE_SCENE_KINDS}")
+        if options:
+            objects[i][field] = str(options[int(rng.integers(len(options)))])
+            return {**spec, "objects": objects}
+    return None
+
+
+def image_negatives(truth: dict[str, Any] | None, rng: np.random.Generator, n: int = 1) -> list[tuple[str, dict[str, Any]]]:
+    """Up to ``n`` ``(kind, spec)`` image negatives of a sample's truth, of different kinds (signs: letters at
+    different positions); [] for other data. Render a spec with :func:`synth.recolour.render_spec`."""
+    if n < 1 or not isinstance(truth, dict) or not isinstance(truth.get("claims"), dict):
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    if truth.get("kind") == "scene" and truth.get("objects"):
+        for k in rng.permutation(len(IMAGE_SCENE_KINDS)):
+            spec = scene_image_negative(truth, IMAGE_SCENE_KINDS[int(k)], rng)
+            if spec is not None:
+                out.append((IMAGE_SCENE_KINDS[int(k)], spec))
+            if len(out) == n:
+                break
+    elif truth.get("kind") == "sign" and isinstance(truth.get("text"), str):
+        used: set[int] = set()
+        for _ in range(n):
+            changed = letter_change(truth["text"], rng, used)
+            if changed is None:
+                break
+            used.add(changed[1])
+            out.append(("letter", {**truth, "text": changed[0]}))
+    return out

@@ -186,8 +186,12 @@ def render_scene(spec: dict[str, Any], resolution: int) -> Image.Image:
     for obj in spec["objects"]:
         half = obj["d"] * size / 2
         cx, cy = obj["cx"] * size, obj["cy"] * size
-        draw_shape(draw, obj["shape"], (cx - half, cy - half, cx + half - 1, cy + half - 1),
-                   tuple(COLORS[obj["color"]]))
+        box = (cx - half, cy - half, cx + half - 1, cy + half - 1)
+        if obj.get("outline"):         # a misdrawn object (synth.negatives): its own vertices, in its box
+            draw.polygon([(box[0] + u * (box[2] - box[0]), box[1] + v * (box[3] - box[1])) for u, v in obj["outline"]],
+                         fill=tuple(COLORS[obj["color"]]))
+        else:
+            draw_shape(draw, obj["shape"], box, tuple(COLORS[obj["color"]]))
     return image.reduce(SUPERSAMPLE)
 
 

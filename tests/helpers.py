@@ -65,3 +65,13 @@ def write_image_shards(out_dir: str | Path, n: int = 16, *, size: int | tuple[in
                                 image_ext=fmt, caption=random_caption(cap_rng))
     return writer.paths
 
+
+
+def scene_and_sign_shards(root: str | Path, n: int = 12) -> Path:
+    """``root/scenes`` and ``root/signs``: ``n`` synthetic samples each (seeds 1 and 2), with their truth."""
+    from synth.scenes import build_scenes
+    from synth.signs import build_signs
+    root = Path(root)
+    build_scenes(root / "scenes", n, seed=1)
+    build_signs(root / "signs", n, seed=2)
+    return root

@@ -174,12 +174,20 @@ class ScorerTrainConfig(TrainConfig):
     weight_decay: float = 0.05
     hard_negatives: bool = True          # add the synthetic hard negatives of synth.negatives
     hard_negative_weight: float = 1.0    # weight of the image -> caption term that sees them
+    # image negatives per sample (synth.negatives.image_negatives: the truth with one stated fact made false,
+    # rendered): a caption -> image cross-entropy over the true image and these, the question reranking asks
+    image_negatives: int = 0
+    image_negative_weight: float = 1.0
     aux_weight: float = 1.0              # weight of the auxiliary heads' loss; 0: none
     # which auxiliary heads (train.scorer_module.AUX_HEADS): from the image, "cells" (colour-shape
     # class per cell), "chars" (a sign's letters), "counts" (objects per colour-shape pair); from the
     # caption embedding, "text_chars", "text_counts", "text_relation"; from both, "layout" / "text_layout"
     # (the two objects of a stated relation in reading order along its axis)
     aux_heads: list[str] = field(default_factory=lambda: ["cells", "chars"])
+    # the colour-shape targets of "cells", "layout", "text_layout" and the subject of "text_relation" as two
+    # classifications (colour, shape) instead of one over pairs: a held-out pair is then no class the heads
+    # never saw, only a colour and a shape they both know
+    aux_factored: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -188,6 +196,8 @@ class ScorerTrainConfig(TrainConfig):
             raise ValueError("scorer_train.hard_negative_weight must be >= 0")
         if self.aux_weight < 0:
             raise ValueError("scorer_train.aux_weight must be >= 0")
+        if self.image_negatives < 0 or self.image_negative_weight < 0:
+            raise ValueError("scorer_train.image_negatives and image_negative_weight must be >= 0")
         known = ("cells", "chars", "counts", "layout", "text_chars", "text_counts", "text_relation", "text_layout")
         unknown = [h for h in self.aux_heads if h not in known]
         if unknown or len(set(self.aux_heads)) != len(self.aux_heads):

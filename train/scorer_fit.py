@@ -97,7 +97,7 @@ def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ScorerModule(preset.scorer, cfg, tokenizer_sha256=tokenizer.sha256)
     data = ScorerDataModule(preset.data, tokenizer=tokenizer, with_negatives=cfg.hard_negatives,
-                            aux_grid=module.aux_grid, batch_size=cfg.batch_size, train_sources=shards,
+                            aux_grid=module.aux_grid, image_negatives=cfg.image_negatives, batch_size=cfg.batch_size, train_sources=shards,
                             val_sources=[], seed=cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
@@ -116,7 +116,8 @@ def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], 
     export_dir = out_dir / EXPORT_DIR
     if trainer.is_global_zero:
         meta = {"preset": preset.name, "train_shards": shards, "batch_size": cfg.batch_size,
-                "hard_negatives": cfg.hard_negatives, "aux_weight": cfg.aux_weight,
+                "hard_negatives": cfg.hard_negatives, "image_negatives": cfg.image_negatives,
+                "aux_weight": cfg.aux_weight,
                 "lowercase": preset.data.lowercase,
                 "train_seconds_this_run": round(seconds, 1),
                 "resumed_from": ckpt.name if ckpt is not None else None,

@@ -5,7 +5,10 @@ caption -> image cross-entropies, learned temperature), where rows with the very
 caption are not counted as each other's negatives, plus, weighted by
 ``hard_negative_weight``, an image -> caption cross-entropy of each image over its
 true caption and its hard negatives (same scene with one fact changed, same sign
-with one letter changed; :mod:`synth.negatives`), as in NegCLIP (Yuksekgonul et al. 2023).
+with one letter changed; :mod:`synth.negatives`), as in NegCLIP (Yuksekgonul et al. 2023), and, weighted
+by ``image_negative_weight`` when the batches carry them (``image_negatives`` > 0), a caption -> image
+cross-entropy of each caption over its true image and its **image negatives** (the truth with one stated fact
+made false, rendered): reranking compares images under one caption, which caption negatives never train.
 
 Auxiliary heads (training only, ``aux_weight`` > 0; not part of the exported scorer)
 predict what the truth says from both towers. From the image encoder's feature grid: for
@@ -18,7 +21,8 @@ cannot give ("A right of B" and "A left of B" differ by one word whatever A and 
 layouts differ in which object comes first). Contrastive
 learning alone first aligns the easiest cue (colour) and leaves captions that differ in
 a shape, a relation or a letter almost on top of each other (cosine 0.99 after 400 steps);
-the dense targets make both towers carry those facts within the CPU budget.
+the dense targets make both towers carry those facts within the CPU budget. With ``aux_factored`` a
+colour-shape target is two classifications, colour and shape, so a held-out pair is no unseen class.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from common.image_decode import to_float
 from common.scorer_batches import MAX_CHARS, N_CELL_CLASSES, N_CHAR_CLASSES, N_COUNT_CLASSES, N_RELATION_CLASSES
 from dalle.scorer import ImageTextScorer, ScorerConfig
+from synth.scenes import COLORS, SHAPES
 from train.checkpoints import check_resumable
 from train.config import ScorerTrainConfig
 from train.optim import NonFiniteSteps, build_optimizer, optimizer_config
@@ -50,6 +56,8 @@ class ScorerLoss(NamedTuple):
     batch_accuracy: torch.Tensor      # image -> caption top-1 within the batch
     hard_accuracy: torch.Tensor       # true caption above all its hard negatives (rows that have some)
     aux_loss: torch.Tensor | None = None   # the auxiliary heads' loss (ScorerModule), unweighted
+    image_loss: torch.Tensor | None = None       # caption -> image over the true image and its image negatives
+    image_accuracy: torch.Tensor | None = None   # true image above all its image negatives (rows that have some)
 
 
 def contrastive_loss(model: ImageTextScorer, images: torch.Tensor, text_tokens: torch.Tensor,
@@ -103,6 +111,15 @@ def contrastive_loss(model: ImageTextScorer, images: torch.Tensor, text_tokens: 
     return ScorerLoss(loss, clip_loss, hard_loss, batch_accuracy, hard_accuracy)
 
 
+def split_pair_classes(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-shape classes (background ``N_CELL_CLASSES - 1``, none -1) as (colour, shape) classes: a colour
+    index or ``len(COLORS)`` for the background, a shape index or ``len(SHAPES)``; -1 stays -1 in both."""
+    background, none = target == N_CELL_CLASSES - 1, target < 0
+    colour = torch.where(background, len(COLORS), target.div(len(SHAPES), rounding_mode="floor"))
+    shape = torch.where(background, len(SHAPES), target.remainder(len(SHAPES)))
+    return colour.masked_fill(none, -1), shape.masked_fill(none, -1)
+
+
 class ScorerModule(L.LightningModule):
     """Trains an :class:`ImageTextScorer`.
 
@@ -127,14 +144,17 @@ class ScorerModule(L.LightningModule):
         self.aux = bool(heads)
         c, g, d = self.config.channels[-1], self.config.pool_grid, self.config.embed_dim
         n_pairs = (N_CELL_CLASSES - 1) * N_COUNT_CLASSES
-        make = {"cells": lambda: torch.nn.Conv2d(c, N_CELL_CLASSES, 1),                      # per cell
+        # one colour-shape target: N_CELL_CLASSES logits, or colour then shape logits (aux_factored)
+        P = len(COLORS) + len(SHAPES) + 2 if self.train_config.aux_factored else N_CELL_CLASSES
+        self.pair_logits = P
+        make = {"cells": lambda: torch.nn.Conv2d(c, P, 1),                                   # per cell
                 "chars": lambda: torch.nn.Linear(c * g * g, MAX_CHARS * N_CHAR_CLASSES),     # per letter slot
                 "counts": lambda: torch.nn.Linear(c * g * g, n_pairs),                       # per colour-shape pair
                 "text_chars": lambda: torch.nn.Linear(d, MAX_CHARS * N_CHAR_CLASSES),        # from the caption
                 "text_counts": lambda: torch.nn.Linear(d, n_pairs),
-                "layout": lambda: torch.nn.Linear(d, 2 * N_CELL_CLASSES),    # from the image embedding
-                "text_relation": lambda: torch.nn.Linear(d, N_RELATION_CLASSES + N_CELL_CLASSES),
-                "text_layout": lambda: torch.nn.Linear(d, 2 * N_CELL_CLASSES)}
+                "layout": lambda: torch.nn.Linear(d, 2 * P),                 # from the image embedding
+                "text_relation": lambda: torch.nn.Linear(d, N_RELATION_CLASSES + P),
+                "text_layout": lambda: torch.nn.Linear(d, 2 * P)}
         self.aux_heads = torch.nn.ModuleDict({name: make[name]() for name in heads})   # built in the listed order
         self.skipped: collections.Counter[str] = collections.Counter()
         self.nonfinite = NonFiniteSteps()
@@ -153,6 +173,7 @@ class ScorerModule(L.LightningModule):
         for reason, count in (batch.pop("skipped", None) or {}).items():
             self.skipped[reason] += int(count)
         batch.pop("neg_kinds", None)
+        batch.pop("neg_image_kinds", None)
         return batch
 
     def compute_loss(self, batch: dict) -> ScorerLoss:
@@ -167,13 +188,19 @@ class ScorerModule(L.LightningModule):
                                batch.get("neg_tokens") if use_hard else None,
                                batch.get("neg_mask") if use_hard else None,
                                self.train_config.hard_negative_weight, image_features=img, text_embeddings=txt)
+        weight = self.train_config.image_negative_weight
+        if "neg_images" in batch and weight > 0 and bool(batch["neg_image_mask"].any()):
+            image_loss, image_accuracy = self.image_negative_loss(F.normalize(img, dim=-1), txt, batch["neg_images"],
+                                                                  batch["neg_image_mask"])
+            out = out._replace(loss=out.loss + weight * image_loss, image_loss=image_loss,
+                               image_accuracy=image_accuracy)
         if not self.aux or "aux_cells" not in batch:
             return out
         B = images.size(0)
         h = self.aux_heads
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []                           # (logits, target)
         if "cells" in h:
-            pairs.append((h["cells"](grid).float().flatten(2).transpose(1, 2), batch["aux_cells"]))   # (B, g*g, K)
+            pairs += self._pair_terms(h["cells"](grid).float().flatten(2).transpose(1, 2), batch["aux_cells"])
         if "chars" in h:
             pairs.append((h["chars"](flat).float().view(B, MAX_CHARS, N_CHAR_CLASSES), batch["aux_chars"]))
         if "counts" in h:
@@ -184,19 +211,46 @@ class ScorerModule(L.LightningModule):
             pairs.append((h["text_counts"](txt).float().view(B, -1, N_COUNT_CLASSES), batch["aux_counts"]))
         if "text_relation" in h:
             rel = h["text_relation"](txt).float()
-            pairs += [(rel[:, :N_RELATION_CLASSES], batch["aux_relation"][:, 0]),
-                      (rel[:, N_RELATION_CLASSES:], batch["aux_relation"][:, 1])]
+            pairs.append((rel[:, :N_RELATION_CLASSES], batch["aux_relation"][:, 0]))
+            pairs += self._pair_terms(rel[:, N_RELATION_CLASSES:], batch["aux_relation"][:, 1])
         for name in ("layout", "text_layout"):     # both from the shared space, where the cosine reads them
             if name in h:                      # only scenes that state a relation: the order is theirs
                 feats = txt if name == "text_layout" else img
                 stated = batch["aux_relation"][:, :1] > 0                              # (B, 1)
                 target = batch["aux_relation"][:, 2:].masked_fill(~stated, -1)         # (B, 2)
-                pairs.append((h[name](feats).float().view(B, 2, N_CELL_CLASSES), target))
+                pairs += self._pair_terms(h[name](feats).float().view(B, 2, self.pair_logits), target)
         aux = grid.new_zeros((), dtype=torch.float32)
         for logits, target in pairs:
             if bool((target >= 0).any()):
                 aux = aux + F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-1)
         return out._replace(loss=out.loss + self.train_config.aux_weight * aux, aux_loss=aux)
+
+    def image_negative_loss(self, img: torch.Tensor, txt: torch.Tensor, neg_images: torch.Tensor,
+                            neg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption -> image cross-entropy of each caption over its true image and its image negatives.
+
+        Args:
+            img: (B, D) normalised embeddings of the true images; txt: (B, D) of the captions.
+            neg_images: (B, J, 3, R, R) uint8 renders; neg_mask: (B, J) which slots hold one.
+        Returns:
+            (loss, accuracy) over the rows that have a negative: accuracy = the true image scored highest.
+        """
+        scale = self.model.temperature_scale().float()
+        neg = img.new_zeros(*neg_mask.shape, img.size(1))                              # (B, J, D)
+        neg[neg_mask] = self.model.encode_images(to_float(neg_images[neg_mask])).to(neg.dtype)
+        pos_logit = scale * (img * txt).sum(-1, keepdim=True).float()                  # (B, 1)
+        neg_logits = (scale * (neg * txt[:, None, :]).sum(-1).float()).masked_fill(~neg_mask, float("-inf"))
+        rows = neg_mask.any(1)
+        both = torch.cat([pos_logit, neg_logits], dim=1)[rows]                          # (b, 1 + J)
+        target = torch.zeros(both.size(0), dtype=torch.long, device=both.device)
+        return F.cross_entropy(both, target), (both.argmax(1) == 0).float().mean()
+
+    def _pair_terms(self, logits: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, target) terms of colour-shape targets: one over pairs, or colour and shape (aux_factored)."""
+        if not self.train_config.aux_factored:
+            return [(logits, target)]
+        colour, shape = split_pair_classes(target)
+        return [(logits[..., :len(COLORS) + 1], colour), (logits[..., len(COLORS) + 1:], shape)]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self.compute_loss(batch)
@@ -211,6 +265,9 @@ class ScorerModule(L.LightningModule):
         self.log("train/logit_scale", self.model.temperature_scale().detach())
         if out.aux_loss is not None:
             self.log("train/aux_loss", out.aux_loss.detach())
+        if out.image_loss is not None:
+            self.log("train/image_loss", out.image_loss.detach())
+            self.log("train/image_acc", out.image_accuracy.detach(), prog_bar=True)
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:

@@ -3,21 +3,17 @@ import pytest
 import torch
 
 from cli.main import main
-from synth.scenes import build_scenes
-from synth.signs import build_signs
 from train.data.images import load_images
 from vqvae.kmeans import to_patches
 from vqvae.registry import load_image_tokenizer
+from tests.helpers import scene_and_sign_shards
 
 SMALL = ["--preset", "small", "--set", "vqvae.vocab_size=64", "--set", "vqvae_train.kmeans_iters=4"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("codebook")
-    build_scenes(root / "scenes", 12, seed=1)
-    build_signs(root / "signs", 12, seed=2)
-    return root
+    return scene_and_sign_shards(tmp_path_factory.mktemp("codebook"))
 
 
 def test_a_codebook_refitted_on_recoloured_samples_keeps_most_patches_on_their_index(shards, tmp_path, capsys):

@@ -82,3 +82,38 @@ def test_synthetic_accuracy_of_a_scorer_that_prefers_true_captions():
     for name, r in rep.items():
         assert r["n"] == 6 and r["accuracy"] == 1.0, name
     assert "scenes_heldout" in to_markdown({"sources": rep})
+
+
+def test_image_negative_accuracy_counts_the_true_image_above_each_rendered_negative():
+    """accuracy_from_batches encodes the true images first, then the image negatives: a scorer that puts
+    the first above the second is right on every sample that has image negatives, the reverse on none."""
+    preset = load_preset("tiny", ["dalle.text_len=32"])
+    from tests.helpers import write_bpe
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        tok = TextTokenizer(write_bpe(Path(d) / "t.json", ["a red circle", "a sign that says HELLO"] * 4, 60),
+                            preset.dalle.text_len, preset.dalle.text_vocab_size)
+
+        class Ordered(ImageTextScorer):
+            true_first = True
+
+            def encode_images(self, images):
+                self.calls = getattr(self, "calls", 0) + 1
+                true = (self.calls % 2 == 1) == self.true_first
+                return torch.nn.functional.one_hot(torch.full((images.size(0),), 0 if true else 1), 2).float()
+
+            def encode_text(self, text_tokens):
+                return torch.nn.functional.one_hot(torch.zeros(text_tokens.size(0), dtype=torch.long), 2).float()
+
+        right = synthetic_accuracy(Ordered(preset.scorer), tok, n=6, batch_size=3)
+        wrong_scorer = Ordered(preset.scorer)
+        wrong_scorer.true_first = False
+        wrong = synthetic_accuracy(wrong_scorer, tok, n=6, batch_size=3)
+    for name in right:
+        assert right[name]["n_with_image_negatives"] == 6 and right[name]["image_accuracy"] == 1.0, name
+        assert wrong[name]["image_accuracy"] == 0.0, name
+    assert set(right["signs_train"]["image_per_kind"]) == {"letter"}
+    from synth.negatives import IMAGE_SCENE_KINDS
+    assert set(right["scenes_train"]["image_per_kind"]) <= set(IMAGE_SCENE_KINDS)
+    assert "image negatives" in to_markdown({"sources": right})

@@ -87,3 +87,41 @@ def test_negatives_are_a_function_of_the_rng(seed):
     a = hard_negatives(caption, truth, np.random.default_rng(seed))
     b = hard_negatives(caption, truth, np.random.default_rng(seed))
     assert a == b and a
+
+
+def test_image_negatives_make_one_stated_fact_false_for_the_checker():
+    """Each scene image negative but a misdrawn blob, rendered, fails the checker on the unchanged caption
+    while the true render passes; a colour or shape change never draws a held-out pair; signs change one drawn letter (not
+    checked by the checker: it accepts about a third of one-letter edits of small words at 64 px)."""
+    from evaluation.checker import check
+    from synth.negatives import IMAGE_SCENE_KINDS, image_negatives
+    from synth.recolour import render_spec
+    rng = np.random.default_rng(3)
+    seen, fails, total = set(), 0, 0
+    for i in range(60):
+        _, truth = scene_sample(rng, with_relation=i % 2 == 0)
+        if not check(render_spec(truth, 64), truth).passed:
+            continue
+        negatives = image_negatives(truth, rng, n=len(IMAGE_SCENE_KINDS))
+        assert len({k for k, _ in negatives}) == len(negatives) >= 3
+        for kind, spec in negatives:
+            seen.add(kind)
+            held = {tuple(p) for p in truth["held_out"]}
+            assert not {(o["color"], o["shape"]) for o in spec["objects"]} & held
+            assert spec["claims"] == truth["claims"] and spec["objects"] != truth["objects"]
+            image = render_spec(spec, 64)
+            if kind == "blob":          # misdrawn, same colours: the checker calls some of them the shape
+                misdrawn = [o for o in spec["objects"] if o.get("outline")]
+                assert len(misdrawn) == 1 and np.asarray(image).tobytes() != np.asarray(render_spec(truth, 64)).tobytes()
+                continue
+            total += 1
+            fails += not check(image, truth).passed
+    assert seen == set(IMAGE_SCENE_KINDS) and fails == total and total > 100
+    for _ in range(20):
+        image, _, truth = sign_sample(rng, 64)
+        (kind, spec), = image_negatives(truth, rng, n=1)
+        changed = [a != b for a, b in zip(spec["text"], truth["text"])]
+        assert kind == "letter" and len(spec["text"]) == len(truth["text"]) and sum(changed) == 1
+        negative = render_spec(spec, 64)
+        assert np.asarray(negative).tobytes() != np.asarray(image).tobytes()
+    assert image_negatives({"kind": "photo"}, rng) == [] and image_negatives(None, rng) == []

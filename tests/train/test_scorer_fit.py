@@ -1,5 +1,6 @@
 """Training the image-caption scorer on real tiny shards: the loss goes down, bad samples are skipped and
 counted, runs resume, a checkpoint of another tokenizer is refused, the export is safetensors + JSON."""
+import math
 import json
 import random
 
@@ -127,13 +128,15 @@ def test_a_fresh_run_starts_from_an_exported_scorer_and_refuses_a_mismatched_one
     start = ImageTextScorer.from_checkpoint(first)
     tuned_preset = load_preset("tiny", LONG + ["scorer_train.max_steps=1", "scorer_train.lr=1.0e-12",
                                                "scorer_train.warmup_steps=0",
-                                               "scorer_train.aux_heads=[cells,text_chars,text_relation]"])
+                                               "scorer_train.aux_heads=[cells,text_chars,text_relation]",
+                                               "scorer_train.aux_factored=true", "scorer_train.image_negatives=1"])
     tuned = fit_scorer(tuned_preset, tmp_path / "b", train_shards=shards, tokenizer_path=tok, init_from=first,
                        **QUIET)
     after = ImageTextScorer.from_checkpoint(tuned)
     for name, value in start.state_dict().items():    # one step at lr 1e-12: the weights it started from
         assert torch.allclose(value, after.state_dict()[name], atol=1e-6), name
-    assert json.loads((tuned / "scorer.json").read_text())["meta"]["init_from"] == str(first)
+    tuned_meta = json.loads((tuned / "scorer.json").read_text())["meta"]
+    assert tuned_meta["init_from"] == str(first) and tuned_meta["image_negatives"] == 1
     fresh = fit_scorer(tuned_preset, tmp_path / "c", train_shards=shards, tokenizer_path=tok, **QUIET)
     assert not torch.allclose(ImageTextScorer.from_checkpoint(fresh).image_encoder.proj[0].weight,
                               after.image_encoder.proj[0].weight)   # without init_from: its own random start
@@ -184,6 +187,17 @@ def test_auxiliary_heads_are_chosen_by_name_and_train_both_towers(data):
     assert none.aux_grid is None and none.compute_loss(batch).aux_loss is None
 
 
+def _scene_batch(data) -> tuple:
+    """The tiny preset and one batch of 32 scenes with auxiliary targets, images as floats."""
+    d, _, tok, _ = data
+    preset = load_preset("tiny", LONG)
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    batch = next(iter(scorer_dataset([d / "scenes"], preset.data, tokenizer=tokenizer, batch_size=32, train=False,
+                                     aux_grid=preset.scorer.pool_grid)))
+    batch["images"] = batch["images"].float() / 255
+    return preset, batch
+
+
 def test_the_layout_target_is_one_for_both_phrasings_and_trains_both_towers(data):
     """ "A right of B" and "B left of A" are one layout (B first, A second) and "A left of B" another; the
     layout heads read only scenes that state a relation, and reach the tower they are attached to."""
@@ -205,12 +219,7 @@ def test_the_layout_target_is_one_for_both_phrasings_and_trains_both_towers(data
     none = aux_targets({"kind": "scene", "objects": objects, "claims": {"relation": None}}, 2)[3].tolist()
     assert none == [0] + [N_CELL_CLASSES - 1] * 3
 
-    d, _, tok, _ = data
-    preset = load_preset("tiny", LONG)
-    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
-    batch = next(iter(scorer_dataset([d / "scenes"], preset.data, tokenizer=tokenizer, batch_size=32, train=False,
-                                     aux_grid=preset.scorer.pool_grid)))
-    batch["images"] = batch["images"].float() / 255
+    preset, batch = _scene_batch(data)
     assert bool((batch["aux_relation"][:, 0] > 0).any())
     for head, tower in (("layout", "image_encoder"), ("text_layout", "text_encoder")):
         module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=[head]))
@@ -221,6 +230,78 @@ def test_the_layout_target_is_one_for_both_phrasings_and_trains_both_towers(data
     unstated["aux_relation"][:, 0] = 0                    # no relation stated anywhere: nothing to learn
     module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=["text_layout"]))
     assert float(module.compute_loss(unstated).aux_loss) == 0.0
+
+
+def test_factored_targets_split_each_pair_into_a_colour_and_a_shape(data):
+    """With aux_factored the colour-shape heads classify colour and shape apart: a pair no training
+    image has is no class of its own, and the loss is the two cross-entropies of the pair head's split."""
+    from common.scorer_batches import N_CELL_CLASSES, N_RELATION_CLASSES
+    from synth.scenes import COLORS, SHAPES
+    from train.config import ScorerTrainConfig
+    from train.scorer_module import ScorerModule, split_pair_classes
+    blue_circle = list(COLORS).index("blue") * len(SHAPES) + SHAPES.index("circle")
+    colour, shape = split_pair_classes(torch.tensor([blue_circle, N_CELL_CLASSES - 1, -1]))
+    assert colour.tolist() == [list(COLORS).index("blue"), len(COLORS), -1]
+    assert shape.tolist() == [SHAPES.index("circle"), len(SHAPES), -1]
+    every = torch.arange(N_CELL_CLASSES - 1)
+    assert len(set(zip(*map(torch.Tensor.tolist, split_pair_classes(every))))) == N_CELL_CLASSES - 1   # one-to-one
+
+    preset, batch = _scene_batch(data)
+    heads = ["cells", "layout", "text_relation", "text_layout"]
+    joint = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=["cells"]))
+    module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_heads=heads, aux_factored=True))
+    assert joint.aux_heads["cells"].out_channels == N_CELL_CLASSES
+    assert module.aux_heads["cells"].out_channels == len(COLORS) + len(SHAPES) + 2
+    with torch.no_grad():                    # the other heads answer uniformly: each of their terms is log(classes)
+        for name in heads[1:]:
+            for p in module.aux_heads[name].parameters():
+                p.zero_()
+    F = torch.nn.functional
+    n = len(COLORS) + 1
+    logits = module.aux_heads["cells"](module.model.image_encoder.grid(batch["images"])).flatten(2).transpose(1, 2)
+    c, s = split_pair_classes(batch["aux_cells"])
+    cells = (F.cross_entropy(logits[..., :n].reshape(-1, n), c.reshape(-1), ignore_index=-1)
+             + F.cross_entropy(logits[..., n:].reshape(-1, len(SHAPES) + 1), s.reshape(-1), ignore_index=-1))
+    pair = math.log(len(COLORS) + 1) + math.log(len(SHAPES) + 1)
+    assert bool((batch["aux_relation"][:, 0] > 0).any())   # some scenes state a relation: both layouts speak
+    expected = cells + math.log(N_RELATION_CLASSES) + pair + 2 * pair   # relation, subject; two layouts
+    out = module.compute_loss(batch)
+    assert out.aux_loss is not None and float(out.aux_loss) == pytest.approx(float(expected), rel=1e-4)
+    out.aux_loss.backward()                                # the cells terms reach the image tower's stages
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in module.model.image_encoder.parameters())
+
+
+def test_image_negatives_reach_the_batch_and_a_caption_to_image_loss(data):
+    """Image negatives are renders of the truth with one stated fact false, batched beside the true image;
+    the loss picks the true image for each caption (log(1 + J) when the negatives equal the true image)."""
+    from train.config import ScorerTrainConfig
+    from train.scorer_module import ScorerModule
+    d, _, tok, _ = data
+    preset = load_preset("tiny", LONG)
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    R = preset.scorer.resolution
+    batch = next(iter(scorer_dataset([d / "scenes", d / "signs"], preset.data, tokenizer=tokenizer, batch_size=16,
+                                     train=False, image_negatives=2)))
+    negs, mask = batch["neg_images"], batch["neg_image_mask"]
+    assert negs.shape == (16, 2, 3, R, R) and negs.dtype == torch.uint8 and bool(mask.all())
+    from synth.negatives import IMAGE_SCENE_KINDS, IMAGE_SIGN_KINDS
+    assert all(k in IMAGE_SCENE_KINDS + IMAGE_SIGN_KINDS for row in batch["neg_image_kinds"] for k in row)
+    true = batch["images"]
+    batch["images"] = true.float() / 255
+    assert all(int((negs[i, j] != true[i]).any(0).sum()) > 0 for i, j in mask.nonzero().tolist())
+    plain = next(iter(scorer_dataset([d / "scenes"], preset.data, tokenizer=tokenizer, batch_size=4, train=False)))
+    assert "neg_images" not in plain
+
+    module = ScorerModule(preset.scorer, ScorerTrainConfig(aux_weight=0.0, image_negatives=2))
+    out = module.compute_loss(batch)
+    assert out.image_loss is not None and float(out.image_loss) > 0
+    out.image_loss.backward()
+    assert float(module.model.image_encoder.proj[0].weight.grad.abs().sum()) > 0
+    same = {**batch, "neg_images": true[:, None].repeat(1, 2, 1, 1, 1)}
+    assert float(module.compute_loss(same).image_loss) == pytest.approx(math.log(3), abs=1e-3)
+    off = ScorerModule(preset.scorer, ScorerTrainConfig(aux_weight=0.0, image_negative_weight=0.0))
+    plain["images"] = plain["images"].float() / 255
+    assert off.compute_loss(batch).image_loss is None and module.compute_loss(plain).image_loss is None
 
 
 def test_a_nonfinite_scorer_step_is_dropped_on_every_rank_as_the_transformer_s():

@@ -19,7 +19,7 @@ from train.data.loader import ShardStream, build_stream
 
 def scorer_dataset(sources: Any, data_cfg: DataConfig, *, tokenizer: TextTokenizer, batch_size: int,
                    train: bool = True, with_negatives: bool = True, aux_grid: int | None = None,
-                   resampled: bool | None = None, seed: int = 0,
+                   image_negatives: int = 0, resampled: bool | None = None, seed: int = 0,
                    epoch_samples: int | None = None, rank: int | None = None,
                    world_size: int | None = None) -> ShardStream:
     """Scorer batches from img2dataset shards (arguments as :func:`train.data.loader.image_dataset`).
@@ -27,9 +27,10 @@ def scorer_dataset(sources: Any, data_cfg: DataConfig, *, tokenizer: TextTokeniz
     Args:
         with_negatives: build the hard negatives (off: in-batch negatives only).
         aux_grid: add the auxiliary targets on this grid (None: none).
+        image_negatives: render up to this many image negatives per sample (0: none).
     """
     factory = functools.partial(ScorerSampleDecoder, data_cfg, train=train, with_negatives=with_negatives,
-                                aux_grid=aux_grid)
+                                aux_grid=aux_grid, image_negatives=image_negatives)
     return build_stream(sources, data_cfg, decoder_factory=factory, collate=ScorerCollate(tokenizer),
                         batch_size=batch_size, train=train, resampled=resampled, seed=seed,
                         epoch_samples=epoch_samples, rank=rank, world_size=world_size)
@@ -39,13 +40,15 @@ class ScorerDataModule(ShardDataModule):
     """:class:`ShardDataModule` whose streams carry hard negatives (``tokenizer`` is required)."""
 
     def __init__(self, data_cfg: DataConfig, *, tokenizer: TextTokenizer, with_negatives: bool = True,
-                 aux_grid: int | None = None, **kwargs: Any):
+                 aux_grid: int | None = None, image_negatives: int = 0, **kwargs: Any):
         super().__init__(data_cfg, kind="images", tokenizer=tokenizer, **kwargs)
         self.with_negatives = with_negatives
         self.aux_grid = aux_grid
+        self.image_negatives = image_negatives
 
     def _stream(self, sources: list[str], *, train: bool, epoch_samples: int | None) -> ShardStream:
         return scorer_dataset(sources, self.data_cfg, tokenizer=self.tokenizer, batch_size=self.batch_size,
                               train=train, with_negatives=self.with_negatives, aux_grid=self.aux_grid,
+                              image_negatives=self.image_negatives if train else 0,
                               resampled=None if train else False, seed=self.seed, epoch_samples=epoch_samples,
                               rank=self.rank, world_size=self.world_size)
