@@ -188,6 +188,8 @@ def split_samples(out_dir: str | Path, *, val_share: float = 0.15, copies: int =
                     tar.addfile(info, io.BytesIO(data))
         os.replace(tmp, path)
 
+    for stale in [*(out_dir / "train").glob("*.tar"), *(out_dir / "val").glob("*.tar")]:
+        stale.unlink()                                  # a split of an earlier draw into the same directory
     for c in range(copies):
         write(out_dir / "train" / f"{c:05d}.tar", train)
     if val:

@@ -100,6 +100,9 @@ def test_split_keeps_each_caption_on_one_side_and_copies_the_training_part(shard
     assert caption == set(first[-2:])                                  # the last captions drawn
     with pytest.raises(ValueError, match="val_share"):
         split_samples(out, val_share=1.0)
+    harvest(FakeModel(), [shards / "scenes"], out, prompts=4, candidates=4, check=fake_check)      # again, fewer
+    assert split_samples(out, val_share=0.5, copies=1)["train_samples"] == 4
+    assert [p.name for p in sorted((out / "train").glob("*.tar"))] == ["00000.tar"]   # no stale copies left
 
 
 def test_scorer_samples_on_the_command_line(shards, tmp_path, capsys):
