@@ -143,13 +143,14 @@ def rendered_image_negatives(truth: dict | None, rng: np.random.Generator, n: in
                              side: int) -> list[tuple[str, torch.Tensor]]:
     """Up to ``n`` image negatives of a truth (:func:`synth.negatives.image_negatives`) rendered at ``side``
     px: ``[(kind, (3, side, side) uint8)]``; a spec the renderer cannot draw gives no negative."""
+    from torchvision.transforms.functional import pil_to_tensor
+
     out = []
     for kind, spec in image_negatives(truth, rng, n):
         try:
-            rendered = np.asarray(render_spec(spec, side).convert("RGB"), dtype=np.uint8)
+            out.append((kind, pil_to_tensor(render_spec(spec, side))))
         except (KeyError, TypeError, ValueError):
             continue
-        out.append((kind, torch.from_numpy(rendered.copy()).permute(2, 0, 1)))
     return out
 
 
@@ -180,7 +181,6 @@ class ScorerSampleDecoder(SampleDecoder):
         cells, chars, counts, relation = aux_targets(truth, self.aux_grid) if self.aux_grid else (None,) * 4
         return ScorerSample(key=d.key, caption=d.caption, image=d.image, negatives=negatives,
                             cells=cells, chars=chars, counts=counts, relation=relation, neg_images=neg_images)
-
 
     def stored_image_negatives(self, sample: dict) -> list[tuple[str, torch.Tensor]]:
         """The image negatives a sample carries itself (``neg0.png``, ``neg1.png``, ...: failing candidates of a

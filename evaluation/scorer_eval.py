@@ -102,10 +102,11 @@ def shard_batches(tokenizer: TextTokenizer, source: Any, *, resolution: int, bat
 def render_batches(tokenizer: TextTokenizer, samples: Iterable[tuple[Image.Image, str, dict]], *,
                    batch_size: int, seed: int = 0) -> Iterator[dict]:
     """Scorer batches (as the shards give them) of in-memory renders ``(image, caption, truth)``."""
+    from torchvision.transforms.functional import pil_to_tensor
 
     def item(i: int, image: Image.Image, caption: str, truth: dict) -> ScorerSample:
         key = f"render{i:09d}"
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels = pil_to_tensor(image.convert("RGB"))                                  # (3, R, R) uint8
         negs = hard_negatives(caption, truth, negatives_rng(str(seed), key))[:NEG_SLOTS]
         images = rendered_image_negatives(truth, negatives_rng(f"image-{seed}", key), IMAGE_NEGATIVES,
                                           int(pixels.shape[-1]))

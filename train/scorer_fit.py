@@ -97,8 +97,8 @@ def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = ScorerModule(preset.scorer, cfg, tokenizer_sha256=tokenizer.sha256)
     data = ScorerDataModule(preset.data, tokenizer=tokenizer, with_negatives=cfg.hard_negatives,
-                            aux_grid=module.aux_grid, image_negatives=cfg.image_negatives, batch_size=cfg.batch_size, train_sources=shards,
-                            val_sources=[], seed=cfg.seed)
+                            aux_grid=module.aux_grid, image_negatives=cfg.image_negatives, batch_size=cfg.batch_size,
+                            train_sources=shards, val_sources=[], seed=cfg.seed)
     ckpt = latest_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         log.info("resuming scorer training from %s", ckpt)

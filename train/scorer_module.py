@@ -100,15 +100,28 @@ def contrastive_loss(model: ImageTextScorer, images: torch.Tensor, text_tokens: 
         K = neg_tokens.size(1)
         neg = img.new_zeros(B, K, img.size(1))                         # (B, K, D)
         neg[neg_mask] = model.encode_text(neg_tokens[neg_mask]).float()
-        pos_logit = scale * (img * txt).sum(-1, keepdim=True)          # (B, 1)
-        neg_logits = scale * (img[:, None, :] * neg).sum(-1)           # (B, K)
-        neg_logits = neg_logits.masked_fill(~neg_mask, float("-inf"))
-        rows = neg_mask.any(1)                                         # (B,) rows with a negative
-        both = torch.cat([pos_logit, neg_logits], dim=1)[rows]         # (b, 1 + K)
-        hard_loss = F.cross_entropy(both, torch.zeros(both.size(0), dtype=torch.long, device=both.device))
-        hard_accuracy = (both.argmax(1) == 0).float().mean()
+        hard_loss, hard_accuracy = true_above_negatives(img, txt, neg, neg_mask, scale)
     loss = clip_loss + hard_negative_weight * hard_loss
     return ScorerLoss(loss, clip_loss, hard_loss, batch_accuracy, hard_accuracy)
+
+
+def true_above_negatives(anchor: torch.Tensor, true: torch.Tensor, negatives: torch.Tensor, mask: torch.Tensor,
+                         scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each row's true partner over it and the row's negatives (rows without one left out).
+
+    Args:
+        anchor: (B, D) normalised embeddings of what is matched (an image, or a caption).
+        true: (B, D) of its true partner; negatives: (B, K, D) of its negatives, ``mask`` (B, K) which slots
+            hold one.
+        scale: the learned temperature.
+    Returns:
+        (loss, accuracy: the true partner scored highest), both over the rows that have a negative.
+    """
+    pos_logit = scale * (anchor * true).sum(-1, keepdim=True)                      # (B, 1)
+    neg_logits = (scale * (anchor[:, None, :] * negatives).sum(-1)).masked_fill(~mask, float("-inf"))   # (B, K)
+    both = torch.cat([pos_logit, neg_logits], dim=1)[mask.any(1)]                  # (b, 1 + K)
+    target = torch.zeros(both.size(0), dtype=torch.long, device=both.device)
+    return F.cross_entropy(both, target), (both.argmax(1) == 0).float().mean()
 
 
 def split_pair_classes(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,15 +248,9 @@ class ScorerModule(L.LightningModule):
         Returns:
             (loss, accuracy) over the rows that have a negative: accuracy = the true image scored highest.
         """
-        scale = self.model.temperature_scale().float()
-        neg = img.new_zeros(*neg_mask.shape, img.size(1))                              # (B, J, D)
-        neg[neg_mask] = self.model.encode_images(to_float(neg_images[neg_mask])).to(neg.dtype)
-        pos_logit = scale * (img * txt).sum(-1, keepdim=True).float()                  # (B, 1)
-        neg_logits = (scale * (neg * txt[:, None, :]).sum(-1).float()).masked_fill(~neg_mask, float("-inf"))
-        rows = neg_mask.any(1)
-        both = torch.cat([pos_logit, neg_logits], dim=1)[rows]                          # (b, 1 + J)
-        target = torch.zeros(both.size(0), dtype=torch.long, device=both.device)
-        return F.cross_entropy(both, target), (both.argmax(1) == 0).float().mean()
+        neg = img.new_zeros(*neg_mask.shape, img.size(1), dtype=torch.float32)         # (B, J, D)
+        neg[neg_mask] = self.model.encode_images(to_float(neg_images[neg_mask])).float()
+        return true_above_negatives(txt.float(), img.float(), neg, neg_mask, self.model.temperature_scale().float())
 
     def _pair_terms(self, logits: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(logits, target) terms of colour-shape targets: one over pairs, or colour and shape (aux_factored)."""

@@ -27,8 +27,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -167,33 +165,24 @@ def split_samples(out_dir: str | Path, *, val_share: float = 0.15, copies: int =
         raise ValueError(f"copies must be positive, got {copies}")
     out_dir = Path(out_dir)
     shards = sorted(out_dir.glob("*.tar"))
-    members: dict[str, list[tuple[str, bytes]]] = {}
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                members.setdefault(m.name.split(".", 1)[0], []).append((m.name, tar.extractfile(m).read()))
-    captions = list(dict.fromkeys(key.rsplit("_", 1)[0] for key in members))     # source keys, in order
+    samples = [{k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+               for sample in read_samples([str(p) for p in shards], SkipCounter())]
+    caption_of = [json.loads(sample["json"])["source_key"] for sample in samples]
+    captions = list(dict.fromkeys(caption_of))                                    # source keys, in order drawn
     val_captions = set(captions[int(len(captions) * (1 - val_share)):]) if val_share else set()
-    val = [k for k in members if k.rsplit("_", 1)[0] in val_captions]
-    train = [k for k in members if k.rsplit("_", 1)[0] not in val_captions]
+    val = [sample for sample, c in zip(samples, caption_of) if c in val_captions]
+    train = [sample for sample, c in zip(samples, caption_of) if c not in val_captions]
 
-    def write(path: Path, keys: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key in keys:
-                for name, data in members[key]:
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mode, info.mtime = len(data), 0o444, 0
-                    tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, path)
+    def write(directory: Path, part: list[dict], index: int) -> None:
+        with ShardWriter(directory, max_samples=max(1, len(part)), start_index=index) as writer:
+            for sample in part:
+                writer.write(sample["__key__"], {k: v for k, v in sample.items() if k != "__key__"})
 
-    for stale in [*(out_dir / "train").glob("*.tar"), *(out_dir / "val").glob("*.tar")]:
+    for stale in [*(out_dir / "train").glob("*"), *(out_dir / "val").glob("*")]:
         stale.unlink()                                  # a split of an earlier draw into the same directory
     for c in range(copies):
-        write(out_dir / "train" / f"{c:05d}.tar", train)
-    if val:
-        write(out_dir / "val" / "00000.tar", val)
+        write(out_dir / "train", train, c)
+    write(out_dir / "val", val, 0)
     for shard in shards:
         shard.unlink()
         shard.with_name(shard.stem + "_stats.json").unlink(missing_ok=True)
