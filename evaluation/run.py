@@ -141,13 +141,12 @@ def scorer_report(model: Any, prompts: Sequence[SuitePrompt], samples: Sequence[
     similarity = {}
     for part in (*PARTS, "all"):
         r = [100 * v for p, v in zip(prompts, real) if part == "all" or p.part == part]
-        gv = [100 * v for (g, _), v in zip(samples, gen) if part == "all" or part_of[g.prompt] == part]
-        if r:
-            similarity[part] = {"real": float(np.mean(r)), "generated": float(np.mean(gv)) if gv else None,
-                                "generated_passing": float(np.mean([100 * v for (g, ok), v in zip(samples, gen)
-                                                                     if ok and (part == "all"
-                                                                                or part_of[g.prompt] == part)]
-                                                                    or [np.nan]))}
+        gv = [(100 * v, ok) for (g, ok), v in zip(samples, gen) if part == "all" or part_of[g.prompt] == part]
+        passing = [v for v, ok in gv if ok]
+        if r:       # None where a part has no (passing) sample: JSON has no NaN
+            similarity[part] = {"real": float(np.mean(r)),
+                                "generated": float(np.mean([v for v, _ in gv])) if gv else None,
+                                "generated_passing": float(np.mean(passing)) if passing else None}
     accuracy = synthetic_accuracy(model.scorer, model.tokenizer, n=n_check, seed=seed, batch_size=100,
                                   device=next(model.scorer.parameters()).device)
     return {"similarity": similarity, "similarity_temperature": float(temperature),

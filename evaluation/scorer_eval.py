@@ -265,16 +265,18 @@ def to_markdown(report: dict[str, Any]) -> str:
     """A table: one row per source, accuracy overall and per kind of negative, then the same for image negatives."""
     kinds = sorted({k for r in report["sources"].values() for k in r["per_kind"]})
     image_kinds = sorted({k for r in report["sources"].values() for k in r.get("image_per_kind", {})})
-    lines = ["| source | n | hard-negative accuracy | " + " | ".join(kinds) + " | batch top-1 | image negatives | "
-             + " | ".join(f"image {k}" for k in image_kinds) + " |",
-             "|---|---|---|" + "---|" * len(kinds) + "---|---|" + "---|" * len(image_kinds)]
+    header = ["source", "n", "hard-negative accuracy", *kinds, "batch top-1", "image negatives",
+              *(f"image {k}" for k in image_kinds)]
 
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [row(header), row(["---"] * len(header))]
     for name, r in report["sources"].items():
-        lines.append(f"| {name} | {r['n']} | {fmt(r['accuracy'])} | "
-                     + " | ".join(fmt(r["per_kind"].get(k)) for k in kinds)
-                     + f" | {fmt(r['batch_top1'])} (of {r['batch_size']}) | {fmt(r.get('image_accuracy'))} | "
-                     + " | ".join(fmt(r.get("image_per_kind", {}).get(k)) for k in image_kinds) + " |")
+        lines.append(row([name, str(r["n"]), fmt(r["accuracy"]), *(fmt(r["per_kind"].get(k)) for k in kinds),
+                          f"{fmt(r['batch_top1'])} (of {r['batch_size']})", fmt(r.get("image_accuracy")),
+                          *(fmt(r.get("image_per_kind", {}).get(k)) for k in image_kinds)]))
     return "\n".join(lines) + "\n"

@@ -111,6 +111,18 @@ dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/va
   --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook_c25" --out "$W/run5" --init-from "$W/run4/bundle" \
   --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
   --set dalle_train.lr=5.0e-4 --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS5:-6000}"
+# 5f. (2026-12-06, second to fourth sessions) continued three times, each on a fresh cosine schedule: 8,000 steps at
+#     lr 4e-4, 8,000 at 3e-4, 6,000 at 2.5e-4 (about 1 h 30 min, 1 h 45 min and 1 h 25 min of one core; held-out
+#     loss 0.416 -> 0.404 -> 0.399 -> 0.398)
+prev=run5
+for spec in run6:4.0e-4:8000 run7:3.0e-4:8000 run8:2.5e-4:6000; do
+  IFS=: read -r run lr steps <<< "$spec"
+  dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/val_tokens_c25/*.tar \
+    --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook_c25" --out "$W/$run" --init-from "$W/$prev/bundle" \
+    --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=250 --set dalle_train.image_every=1000 \
+    --set dalle_train.lr="$lr" --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="$steps"
+  prev=$run
+done
 
 # 3c. (2026-12-06, second session) the context decoder on top of codebook_c25 (its codes never change, so the
 #     transformer is untouched): scenes and signs re-rendered in palette colours as caption-less shards, 3,000 steps,
@@ -150,8 +162,22 @@ dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$W/generated/tra
   --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
   --set "$SCORER_HEADS"
 
+# 6h. (2026-12-06, fourth session) the transformer of 5f's run7 draws its own samples (other captions, seed 3; 26 min)
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run7/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
+  --scorer "$W/scorer_g/scorer" --top-k 8 --guidance 2 --temperature 1.0 --out "$W/candidate_g7"
+dalle scorer samples "$D/scenes/00027.tar" "$D/relation_scenes/00007.tar" --model "$W/candidate_g7" \
+  --out "$W/generated3" --prompts 900 --candidates 8 --seed 3 --val-share 0.15 --copies 10
+
+# 6i. scorer G fine-tuned on them beside 6f's draw: 1,500 steps at lr 3e-4 (13 min)
+dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$W/generated/train" "$W/generated3/train" \
+  --preset small --tokenizer "$W/tokenizer.json" --out "$W/scorer_h" --init-from "$W/scorer_g/scorer" \
+  --set scorer_train.max_steps=1500 --set scorer_train.lr=3.0e-4 --set scorer_train.warmup_steps=50 \
+  --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
+  --set "$SCORER_HEADS"
+
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_g/scorer" --top-k 8 --guidance 2 --temperature 1.0 --meta license=mit --meta continued_from=13500 \
+#    (run7: run8 was no better on dalle eval)
+PYTHONPATH=. python scripts/ship_bundle.py "$W/run7/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
+  --scorer "$W/scorer_h/scorer" --top-k 8 --guidance 2 --temperature 1.0 --meta license=mit --meta continued_from=27500 \
   --out "$W/candidate"
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"

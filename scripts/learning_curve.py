@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "learning_curve.json").write_text(json.dumps(record, indent=2) + "\n")
     tmp = Path(tempfile.mkdtemp())
     try:
-        ymax = max(r["val/loss"] for r in losses) * 1.1
-        left = plot_lines({k.split("/")[1]: [(r["step"] * batch, r[k]) for r in losses]
-                           for k in ("val/loss", "val/image_loss", "val/text_loss")},
+        keys = ("val/loss", "val/image_loss", "val/text_loss")
+        ymax = max(r[k] for r in losses for k in keys) * 1.1        # every curve inside the panel
+        left = plot_lines({k.split("/")[1]: [(r["step"] * batch, r[k]) for r in losses] for k in keys},
                           tmp / "loss.png", title="held-out loss (nats per token)", xlabel="samples seen",
                           ylabel="loss", ymax=ymax)
         parts = [k for k in points[0] if k not in ("step", "samples")] if points else []

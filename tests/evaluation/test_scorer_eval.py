@@ -50,7 +50,13 @@ def test_run_eval_reports_the_scorer(tiny_bundle, tmp_path):  # noqa: F811
                       guidance_values=(1.0,), batch_size=4, frechet=False, n_scorer_check=4)
     s = result["temperatures"]["1.0"]["summary"]["all"]["rerank"]
     assert set(s["pass@1_by"]) == {"logprob", "clip"} and set(s["gap_closed"]) == {"logprob", "clip"}
-    sc = json.loads((tmp_path / "eval" / "results.json").read_text())["scorer"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    sc = results["scorer"]
+    passed = {part: sum(p["c"] for p in results["temperatures"]["1.0"]["prompts"] if p["part"] == part)
+              for part in ("in_distribution", "heldout_combos", "heldout_words")}
+    for part, c in passed.items():       # a part none of whose samples passed has no mean, not NaN
+        assert (sc["similarity"][part]["generated_passing"] is None) == (c == 0)
     assert set(sc["hard_negative_accuracy"]) == {"scenes_heldout", "signs_heldout", "scenes_train", "signs_train"}
     for part in ("in_distribution", "heldout_combos", "heldout_words", "all"):
         assert -100 <= sc["similarity"][part]["real"] <= 100 and -100 <= sc["similarity"][part]["generated"] <= 100
@@ -117,3 +123,15 @@ def test_image_negative_accuracy_counts_the_true_image_above_each_rendered_negat
     from synth.negatives import IMAGE_SCENE_KINDS
     assert set(right["scenes_train"]["image_per_kind"]) <= set(IMAGE_SCENE_KINDS)
     assert "image negatives" in to_markdown({"sources": right})
+
+
+def test_markdown_table_has_one_cell_per_column_with_or_without_caption_negatives():
+    """A source of stored generated samples has image negatives only: no empty column for the missing kinds."""
+    generated = {"n": 4, "accuracy": None, "per_kind": {}, "batch_top1": 0.5, "batch_size": 4,
+                 "image_accuracy": 0.75, "image_per_kind": {"generated": 0.75}}
+    rendered = {**generated, "accuracy": 0.9, "per_kind": {"colour": 0.9}, "image_per_kind": {"colour": 1.0}}
+    for sources, columns in (({"val": generated}, 6), ({"val": generated, "scenes": rendered}, 8)):
+        lines = to_markdown({"sources": sources}).splitlines()
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        assert {len(c) for c in cells} == {columns} and "" not in cells[0]
+    assert cells[2][:3] == ["val", "4", "-"] and "image generated" in cells[0]
