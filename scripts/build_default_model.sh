@@ -147,37 +147,45 @@ dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" --preset small --
   --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=2 --set scorer_train.aux_factored=true \
   --set "$SCORER_HEADS"
 
-# 6f. the model's own samples: 8 candidates for each of 900 training scene captions at the shipped sampling
-# settings (the bundle of step 7 with scorer_e), labelled by the checker (25 min on one core); the last 15% of
-# the captions are kept to measure how often a scorer puts a passing candidate above a failing one
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run5/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_e/scorer" --top-k 8 --guidance 2 --temperature 1.0 --out "$W/candidate_e"
-dalle scorer samples "$D/scenes/00029.tar" "$D/relation_scenes/00009.tar" --model "$W/candidate_e" \
-  --out "$W/generated" --prompts 900 --candidates 8 --seed 1 --val-share 0.15 --copies 10
+# The steps below repeat three moves: a bundle of a run's transformer with a scorer at the shipped decoder and
+# sampling settings; that bundle's own samples for training captions, labelled by the checker; a scorer
+# fine-tuned on such samples beside the renders (1,500 steps at lr 3e-4).
+ship() {          # RUN SCORER OUT [ship_bundle options]
+  local run=$1 scorer=$2 out=$3; shift 3
+  PYTHONPATH=. python scripts/ship_bundle.py "$W/$run/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
+    --scorer "$W/$scorer/scorer" --top-k 8 --guidance 2 --temperature 1.0 --out "$W/$out" "$@"
+}
+own_samples() {   # BUNDLE OUT SEED SHARD...: 8 candidates for each of 900 captions; the last 15% of them held out
+  local bundle=$1 out=$2 seed=$3; shift 3
+  dalle scorer samples "$@" --model "$W/$bundle" --out "$W/$out" --prompts 900 --candidates 8 --seed "$seed" \
+    --val-share 0.15 --copies 10
+}
+scorer_on_samples() {   # OUT INIT SAMPLES...
+  local out=$1 init=$2; shift 2
+  dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$@" --preset small \
+    --tokenizer "$W/tokenizer.json" --out "$W/$out" --init-from "$W/$init/scorer" \
+    --set scorer_train.max_steps=1500 --set scorer_train.lr=3.0e-4 --set scorer_train.warmup_steps=50 \
+    --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
+    --set "$SCORER_HEADS"
+}
 
-# 6g. the scorer fine-tuned on them beside the renders: 1,500 steps at lr 3e-4
-dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$W/generated/train" --preset small \
-  --tokenizer "$W/tokenizer.json" --out "$W/scorer_g" --init-from "$W/scorer_e/scorer" \
-  --set scorer_train.max_steps=1500 --set scorer_train.lr=3.0e-4 --set scorer_train.warmup_steps=50 \
-  --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
-  --set "$SCORER_HEADS"
+# 6f. the model's own samples at the shipped sampling settings (the transformer of 5e with scorer_e), 900
+# training scene captions (25 min on one core); the held-out 15% measure how often a scorer puts a passing
+# candidate above a failing one
+ship run5 scorer_e candidate_e
+own_samples candidate_e generated 1 "$D/scenes/00029.tar" "$D/relation_scenes/00009.tar"
+
+# 6g. the scorer fine-tuned on them beside the renders (12 min)
+scorer_on_samples scorer_g scorer_e "$W/generated/train"
 
 # 6h. (2026-12-06, fourth session) the transformer of 5f's run7 draws its own samples (other captions, seed 3; 26 min)
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run7/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_g/scorer" --top-k 8 --guidance 2 --temperature 1.0 --out "$W/candidate_g7"
-dalle scorer samples "$D/scenes/00027.tar" "$D/relation_scenes/00007.tar" --model "$W/candidate_g7" \
-  --out "$W/generated3" --prompts 900 --candidates 8 --seed 3 --val-share 0.15 --copies 10
+ship run7 scorer_g candidate_g7
+own_samples candidate_g7 generated3 3 "$D/scenes/00027.tar" "$D/relation_scenes/00007.tar"
 
-# 6i. scorer G fine-tuned on them beside 6f's draw: 1,500 steps at lr 3e-4 (13 min)
-dalle scorer train "$D/signs" "$D/scenes" "$D/relation_scenes" "$W/generated/train" "$W/generated3/train" \
-  --preset small --tokenizer "$W/tokenizer.json" --out "$W/scorer_h" --init-from "$W/scorer_g/scorer" \
-  --set scorer_train.max_steps=1500 --set scorer_train.lr=3.0e-4 --set scorer_train.warmup_steps=50 \
-  --set scorer_train.precision=bf16-mixed --set scorer_train.image_negatives=1 --set scorer_train.aux_factored=true \
-  --set "$SCORER_HEADS"
+# 6i. scorer G fine-tuned on them beside 6f's draw (13 min)
+scorer_on_samples scorer_h scorer_g "$W/generated/train" "$W/generated3/train"
 
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
 #    (run7: run8 was no better on dalle eval)
-PYTHONPATH=. python scripts/ship_bundle.py "$W/run7/bundle" --vqvae "$W/vqvae_rc3/export" --codebook "$W/codebook_c25" \
-  --scorer "$W/scorer_h/scorer" --top-k 8 --guidance 2 --temperature 1.0 --meta license=mit --meta continued_from=27500 \
-  --out "$W/candidate"
+ship run7 scorer_h candidate --meta license=mit --meta continued_from=27500
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"
