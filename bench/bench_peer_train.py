@@ -23,14 +23,13 @@ import contextlib
 import dataclasses
 import importlib.util
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.bench_dalle_train import measure, random_batch, time_steps
+from bench.bench_dalle_train import matmul_peak, measure, random_batch, time_steps
 from train.config import load_preset
 from train.dalle_module import DalleModule
 
@@ -73,18 +72,6 @@ def peer_step_fn(peer, batch: dict, train_cfg, precision: str, text_len: int):
         opt.step()
         return loss.item()
     return step
-
-
-def matmul_peak(precision: str, seconds: float = 3.0, n: int = 1024) -> float:
-    """GFLOP/s of an n x n matrix product in this precision, on this thread count."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-    return 2 * n ** 3 * count / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:

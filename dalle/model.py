@@ -120,7 +120,8 @@ class DalleTransformer(nn.Module):
 
     Attributes:
         gradient_checkpointing: recompute each block in the backward pass (training only).
-        attn_backend: ``auto`` (FlexAttention for sparse layouts on CUDA), ``sdpa`` or ``flex``.
+        attn_backend: ``auto`` (written out on a CPU in bf16, FlexAttention for sparse layouts on CUDA), ``sdpa``,
+            ``flex`` or ``math``.
     """
 
     def __init__(self, cfg: DalleConfig) -> None:

@@ -59,7 +59,7 @@ def _plot_pillow(series, path: Path, *, title: str, xlabel: str, ylabel: str, lo
     for x in sorted(set(xs)):
         X = px(x, 0)[0]
         d.line([X, h - bottom, X, h - bottom + 4], fill="black")
-        label = f"{x:g}"
+        label = f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
         if X - last_label >= 7 * len(label) + 8:     # a tick for every point, a label where it fits
             d.text((X - 8, h - bottom + 6), label, fill="black", font=font)
             last_label = X

@@ -1,8 +1,10 @@
 """Shared test helpers: random captions and images, shard writing, a tiny BPE."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,17 @@ from dalle.tokenizer import EOT
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 SHAPES = ["square", "circle", "triangle", "star"]
+
+
+def load_script(name: str):
+    """A module of ``scripts/`` (not a package) imported from its file, with ``scripts/`` importable too."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_caption(rng: random.Random) -> str:

@@ -1,18 +1,10 @@
 """scripts/learning_curve.py: a run continued with --init-from counts its steps from the first run's start."""
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "scripts" / "learning_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def _metrics(run: Path, rows: list[tuple[int, float | None]]) -> Path:
@@ -24,7 +16,7 @@ def _metrics(run: Path, rows: list[tuple[int, float | None]]) -> Path:
 
 
 def test_held_out_losses_of_a_continuation_follow_the_first_run(tmp_path):
-    lc = _script()
+    lc = load_script("learning_curve")
     first = _metrics(tmp_path / "run", [(10, None), (249, 1.5), (499, 0.8)])
     second = _metrics(tmp_path / "run2", [(249, 0.6), (300, None), (499, 0.5)])
     rows = lc.merged_val_losses([first, second], [0, 500])
@@ -35,7 +27,7 @@ def test_held_out_losses_of_a_continuation_follow_the_first_run(tmp_path):
 
 
 def test_the_prediction_recovers_a_power_law_and_solves_for_the_target():
-    lc = _script()
+    lc = load_script("learning_curve")
     l_inf, a, alpha = 0.3, 40.0, 0.5
     law = lambda s: l_inf + a * s ** -alpha                      # noqa: E731
     fit = lc.power_law_fit([1e4, 4e4, 1.6e5, 6.4e5], [law(s) for s in (1e4, 4e4, 1.6e5, 6.4e5)])
@@ -57,7 +49,7 @@ def test_the_prediction_recovers_a_power_law_and_solves_for_the_target():
 
 
 def test_a_prior_curve_is_kept_up_to_where_the_new_run_continues_it():
-    lc = _script()
+    lc = load_script("learning_curve")
     prior = {"val": [{"step": 249, "val/loss": 1.0}, {"step": 499, "val/loss": 0.8}, {"step": 749, "val/loss": 0.7}],
              "eval": [{"step": 500, "in_distribution": 0.1}, {"step": 750, "in_distribution": 0.2}]}
     losses, points, ends = lc.with_prior(prior, [500, 750], 500, [{"step": 749, "val/loss": 0.6}],

@@ -4,6 +4,7 @@ They print measurements, not verdicts, so these tests only check that each runs 
 and prints its result lines; the numbers themselves live in BENCHMARKS.md.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,15 @@ def test_train_benchmark_compares_both_loss_paths():
     out = run_script("bench/bench_dalle_train.py", "--preset", "tiny", "--seconds", "0.2",
                      "--precisions", "fp32", "--losses", "fused,plain")
     assert "fp32 fused" in out and "fp32 plain" in out and "fused / plain throughput (fp32)" in out
+
+
+def test_train_benchmark_takes_overrides_and_reports_the_share_of_the_matmul_peak():
+    out = run_script("bench/bench_dalle_train.py", "--preset", "tiny", "--seconds", "0.2", "--precisions", "fp32",
+                     "--peak-seconds", "0.05", "--set", "dalle.n_layer=3", "--set", "dalle.n_embd=48",
+                     "--attention", "math,sdpa")
+    assert "layers=3 width=48" in out and "attention math / sdpa throughput (fp32, fused)" in out
+    share = re.search(r"GFLOP/s = ([0-9.]+)% of the fp32 matmul peak \(([0-9]+) GFLOP/s", out)
+    assert share and 0 < float(share.group(1)) and int(share.group(2)) > 0
 
 
 def test_peer_benchmark_names_the_missing_peer_code(tmp_path):

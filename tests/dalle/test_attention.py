@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle.attention import HAS_FLEX, LayoutMasks, layout_mask
+from dalle.attention import HAS_FLEX, LayoutMasks, full_attention, layout_mask, use_math
 from dalle.config import ATTN_LAYOUTS, DalleConfig
 from dalle.model import DalleTransformer
 
@@ -132,3 +132,49 @@ def test_one_layer_information_flow_follows_the_mask(layout):
         changed[0, key_img] = (changed[0, key_img] + 1) % cfg.image_vocab_size
         moved = (model(text, changed).image[0, out_idx] - base[out_idx]).abs().max() > 1e-6
         assert bool(moved) == bool(mask[query, TEXT_LEN + key_img]), key_img
+
+
+@pytest.mark.parametrize("layout", ATTN_LAYOUTS)
+def test_written_out_attention_matches_sdpa_in_values_and_gradients(layout):
+    cfg = small_cfg(layout)
+    masks = LayoutMasks(cfg)
+    g = torch.Generator().manual_seed(1)
+    for T in (cfg.block_size, cfg.block_size - 1):
+        qkv = [torch.randn(2, 2, T, 8, generator=g, requires_grad=True) for _ in range(3)]
+        grad = torch.randn(2, 2, T, 8, generator=g)
+        outs = []
+        for backend in ("math", "sdpa"):
+            y = full_attention(*qkv, layout=layout, masks=masks, backend=backend)
+            outs.append((y, *torch.autograd.grad(y, qkv, grad)))
+        for got, ref in zip(*outs):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_backend_writes_attention_out_on_a_cpu_in_bf16_only():
+    cpu, cuda, bf16, fp32 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16, torch.float32
+    assert use_math("auto", cpu, bf16) and not use_math("auto", cpu, fp32) and not use_math("auto", cuda, bf16)
+    assert use_math("math", cpu, fp32) and use_math("math", cuda, bf16)
+    assert not use_math("sdpa", cpu, bf16) and not use_math("flex", cpu, bf16)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        use_math("xformers", cpu, bf16)
+
+
+def test_model_trains_alike_with_written_out_and_sdpa_attention():
+    """One training step's loss and gradients agree in fp32 and, to bf16's precision, under autocast."""
+    cfg = small_cfg("dense", n_layer=2, attn_layouts=["dense", "row"])
+    text = torch.randint(0, cfg.text_vocab_total, (2, cfg.text_len))
+    image = torch.randint(0, cfg.image_vocab_size, (2, cfg.image_len))
+    for autocast, tol in ((False, 1e-5), (True, 3e-2)):
+        results = []
+        for backend in ("math", "sdpa"):
+            torch.manual_seed(0)
+            model = DalleTransformer(cfg)
+            model.attn_backend = backend
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(text, image[:, :-1]).image
+            loss = F.cross_entropy(logits.float().flatten(0, 1), image.flatten())
+            loss.backward()
+            results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        (loss_m, grad_m), (loss_s, grad_s) = results
+        torch.testing.assert_close(loss_m, loss_s, atol=tol, rtol=tol)
+        assert (grad_m - grad_s).norm() <= tol * grad_s.norm()

@@ -32,6 +32,21 @@ def test_fp32_value_and_gradients_match_the_plain_loss(chunk):
     torch.testing.assert_close(ww.grad, 3.0 * ref_gw, rtol=1e-4, atol=1e-6)
 
 
+def test_a_target_whose_probability_underflows_still_gets_its_exact_loss():
+    g = torch.Generator().manual_seed(1)
+    h, w = torch.randn(20, 8, generator=g), torch.randn(30, 8, generator=g)
+    y = torch.randint(0, 30, (20,), generator=g)
+    h[3], w[y[3]] = 20.0, -20.0                  # row 3's target logit ~3,200 below the others: exp underflows
+    ref_loss, ref_gh, ref_gw = _reference(h, w, y)
+    assert ref_loss > 100
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = linear_cross_entropy(hh, ww, y, chunk=8)
+    loss.backward()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hh.grad, ref_gh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ww.grad, ref_gw, rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_autocast_is_as_close_as_the_plain_bf16_head():
     g = torch.Generator().manual_seed(1)
     h, w = torch.randn(300, 32, generator=g), 0.1 * torch.randn(500, 32, generator=g)
