@@ -121,6 +121,48 @@ class AppendingCSVLogger(CSVLogger):
         return self._experiment
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """Checkpoints every ``every_n_train_steps``; at a step that also validates, after the validation.
+
+    Lightning saves step checkpoints at the end of the training batch, before the validation of the
+    same step runs; a run killed in between resumed after that step and never computed its held-out
+    loss (two such points are missing from a run's ``metrics.csv``). Here such a save waits for the
+    end of that validation, so the checkpoint comes after the loss is logged; at the end of training
+    a save still waiting is made.
+    """
+
+    def __init__(self, *args: Any, val_every: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._val_every = val_every
+        self._waiting = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._save_waiting(trainer)                   # no validation came after the step it waited for
+        step = trainer.global_step
+        if (self._val_every and self._every_n_train_steps and step % self._every_n_train_steps == 0
+                and step % self._val_every == 0 and not self._should_skip_saving_checkpoint(trainer)):
+            self._waiting = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _save_waiting(self, trainer) -> None:
+        if self._waiting and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        self._waiting = False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._waiting and not trainer.sanity_checking:
+            self._save_waiting(trainer)
+            return
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_waiting(trainer)
+        super().on_train_end(trainer, pl_module)
+
+
 def _save_synced(checkpoint: dict[str, Any], path: str) -> None:
     """``torch.save`` into ``path`` and fsync it, so the rename that follows publishes whole bytes."""
     with open(path, "wb") as f:
@@ -191,9 +233,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, *, callbacks: Iterable[L.Call
         The configured ``Trainer``.
     """
     out_dir = Path(out_dir)
-    ckpt = ModelCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, filename="step{step:08d}",
-                           auto_insert_metric_name=False, every_n_train_steps=cfg.ckpt_every,
-                           save_top_k=1, save_last=True, enable_version_counter=False)
+    ckpt = StepCheckpoint(dirpath=out_dir / CHECKPOINT_DIR, filename="step{step:08d}",
+                          auto_insert_metric_name=False, every_n_train_steps=cfg.ckpt_every,
+                          save_top_k=1, save_last=True, enable_version_counter=False, val_every=cfg.val_every)
     cbs: list[L.Callback] = [ckpt, ResumeState(), TrainingSummary(), *callbacks]
     if enable_progress_bar:
         cbs.append(StepProgressBar())

@@ -55,17 +55,18 @@ class Batches(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def run(tmp_path, *, kill_at=None, ckpt=None, sha="a" * 64, max_steps=12):
+def run(tmp_path, *, kill_at=None, ckpt=None, sha="a" * 64, max_steps=12, val_every=0, callbacks=()):
     preset = load_preset("tiny")
     cfg = dataclasses.replace(preset.dalle_train, max_steps=max_steps, ckpt_every=STEPS_PER_EPOCH,
-                              caption_dropout=0.3, warmup_steps=3, lr=3e-3, weight_decay=0.01)
+                              caption_dropout=0.3, warmup_steps=3, lr=3e-3, weight_decay=0.01, val_every=val_every)
     L.seed_everything(cfg.seed, verbose=False)
     module = DalleModule(preset.dalle, cfg, tokenizer_sha256=sha, out_dir=str(tmp_path))
     rec = Recorder(kill_at)
-    trainer = build_trainer(cfg, tmp_path, callbacks=[rec], enable_progress_bar=False, logger=False,
+    trainer = build_trainer(cfg, tmp_path, callbacks=[rec, *callbacks], enable_progress_bar=False, logger=False,
                             accelerator="cpu", enable_model_summary=False)
     loader = torch.utils.data.DataLoader(Batches(preset.dalle, STEPS_PER_EPOCH), batch_size=None)
-    trainer.fit(module, loader, ckpt_path=ckpt)
+    val = torch.utils.data.DataLoader(Batches(preset.dalle, 2), batch_size=None) if val_every else None
+    trainer.fit(module, loader, val, ckpt_path=ckpt)
     return trainer, rec, module
 
 
@@ -84,6 +85,40 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_losses(tmp_path):
         assert loss == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6), step
     # the losses did move: equality above is not a constant
     assert len({round(v, 4) for v in full.losses.values()}) > 6
+
+
+class Events(L.Callback):
+    """The order of validations and checkpoint saves, with the step of each."""
+
+    def __init__(self):
+        self.events: list[tuple[str, int]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.events.append(("val", trainer.global_step))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.events.append(("ckpt", trainer.global_step))
+
+
+def test_a_checkpoint_at_a_validation_step_comes_after_the_validation(tmp_path):
+    """A run killed right after such a checkpoint has logged that step's held-out loss already."""
+    ev = Events()
+    run(tmp_path, max_steps=2 * STEPS_PER_EPOCH, val_every=STEPS_PER_EPOCH, callbacks=[ev])
+    for step in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH):          # the last step too
+        at = [e for e in ev.events if e[1] == step]
+        assert ("val", step) in at and ("ckpt", step) in at, ev.events
+        assert at.index(("val", step)) < at.index(("ckpt", step)), ev.events
+
+
+def test_a_run_resumed_from_a_checkpoint_saved_after_validation_continues_exactly(tmp_path):
+    _, full, _ = run(tmp_path / "full", val_every=STEPS_PER_EPOCH)
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", kill_at=8, val_every=STEPS_PER_EPOCH)
+    ckpt = latest_checkpoint(tmp_path / "killed")
+    trainer, resumed, _ = run(tmp_path / "killed", ckpt=ckpt, val_every=STEPS_PER_EPOCH)
+    assert min(resumed.losses) == STEPS_PER_EPOCH and trainer.global_step == 12
+    for step, loss in resumed.losses.items():
+        assert loss == pytest.approx(full.losses[step], rel=1e-5, abs=1e-6), step
 
 
 def test_resume_with_another_tokenizer_is_refused(tmp_path):
