@@ -66,12 +66,13 @@ def matmul_peak(precision: str, seconds: float = 1.0, sizes: tuple[int, ...] = (
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        count, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+
+        def product(_: int) -> float:
             a @ b
-            count += 1
-        best = max(best, 2 * n ** 3 * count / (time.perf_counter() - t0) / 1e9)
+            return 0.0
+
+        count, sec, _ = time_steps(product, seconds, warmup=1)
+        best = max(best, 2 * n ** 3 * count / sec / 1e9)
     return best
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curve import val_losses  # noqa: E402
 
+from dalle.atomic import atomic_write_text  # noqa: E402
 from dalle.config import DalleConfig  # noqa: E402
 from dalle.images import make_grid, save_png_atomic  # noqa: E402
 from dalle.model import DalleTransformer  # noqa: E402
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{run['run']}: no held-out loss logged yet")
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"key": KEY, "runs": runs, "ratios": loss_ratios(runs)}
-    tmp_json = a.out / "size_curve.json.tmp"
-    tmp_json.write_text(json.dumps(result, indent=1) + "\n")
-    tmp_json.replace(a.out / "size_curve.json")
+    atomic_write_text(a.out / "size_curve.json", json.dumps(result, indent=1) + "\n")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         left = plot_lines({r["label"]: [(v["samples"], v[KEY]) for v in r["val"]] for r in runs}, tmp / "s.png",

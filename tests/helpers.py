@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,8 @@ SHAPES = ["square", "circle", "triangle", "star"]
 
 
 def load_script(name: str):
-    """A module of ``scripts/`` (not a package) imported from its file, with ``scripts/`` importable too."""
+    """A module of ``scripts/`` (not a package) imported from its file."""
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    if str(scripts) not in sys.path:
-        sys.path.insert(0, str(scripts))
     spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
