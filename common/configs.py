@@ -46,7 +46,8 @@ def config_from_dict(cls: type[T], d: Any, *, what: str, complete: bool = False)
         d: the mapping read from a file.
         what: the name used in messages (``"dalle"``, ``"vqvae"``, ...).
         complete: every field must be present (a saved config); otherwise defaults fill in
-            (a preset section).
+            (a preset section). Fields named in the class's ``ADDED_LATER`` may be absent even
+            then: configs saved before they existed get the default, which keeps their behaviour.
     Returns:
         The config.
     Raises:
@@ -58,7 +59,7 @@ def config_from_dict(cls: type[T], d: Any, *, what: str, complete: bool = False)
     unknown = sorted(set(d) - set(names))
     if unknown:
         raise ValueError(f"unknown {what} config keys: {unknown}")
-    missing = [n for n in names if n not in d]
+    missing = [n for n in names if n not in d and n not in getattr(cls, "ADDED_LATER", ())]
     if complete and missing:
         raise ValueError(f"{what} config is missing {missing}")
     hints = typing.get_type_hints(cls)

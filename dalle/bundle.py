@@ -187,6 +187,10 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
         image_tokenizer = load_image_tokenizer(path, device=device).eval()
     except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as e:
         raise BundleError(f"cannot load {path}: {_first_line(e)}") from None
+    if model_config.spell_pos and (not tokenizer.spells or (tokenizer.spell_open, tokenizer.spell_close)
+                                   != (model_config.spell_open_id, model_config.spell_close_id)):
+        raise BundleError(f"{path}: the transformer's spelling token ids "
+                          f"({model_config.spell_open_id}, {model_config.spell_close_id}) are not the tokenizer's")
     # last: what loads but is not what was saved (a flipped bit in a weight); older bundles have no record
     for name, recorded in (info.get("files") or {}).items():
         if name in CHECKSUMMED and file_sha256(path / name) != recorded:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from common.configs import config_from_dict
 
@@ -29,6 +29,15 @@ class DalleConfig:
     # attention layout per layer, cycled over layers; "dense" is causal attention.
     attn_layouts: list[str] = field(default_factory=lambda: ["dense"])
     conv_kernel: int = 11         # neighbourhood of the "conv" layout (paper: 11)
+    # within-word positions of spelled text: a character between the spelling tokens gets embeddings of
+    # its index from the word's start, from its end, and of its offset from the word's centre (clamped
+    # to spell_pos - 1), so an image column can find "its" letter whatever the caption before the word.
+    # 0 turns them off; the ids are the tokenizer's <|spell|> and <|/spell|> (set by training from it).
+    spell_pos: int = 0
+    spell_open_id: int = -1
+    spell_close_id: int = -1
+
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("spell_pos", "spell_open_id", "spell_close_id")
 
     def __post_init__(self) -> None:
         for name in ("text_len", "text_vocab_size", "image_vocab_size", "image_grid",
@@ -49,6 +58,12 @@ class DalleConfig:
                 raise ValueError(f"dalle.attn_layouts: unknown layout {layout!r}; choose from {ATTN_LAYOUTS}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"dalle.conv_kernel must be odd and positive, got {self.conv_kernel}")
+        if self.spell_pos < 0:
+            raise ValueError(f"dalle.spell_pos must be >= 0, got {self.spell_pos}")
+        ids = (self.spell_open_id, self.spell_close_id)
+        if ids != (-1, -1) and (not all(0 <= i < self.text_vocab_size for i in ids) or ids[0] == ids[1]):
+            raise ValueError(f"dalle.spell_open_id / spell_close_id must be two text token ids (or -1, unset), "
+                             f"got {ids}")
 
     @property
     def image_len(self) -> int:

@@ -45,6 +45,30 @@ WEIGHTS_FILE = "dalle.safetensors"
 CONFIG_FILE = "dalle.json"
 
 
+def spell_positions(tokens: torch.Tensor, open_id: int, close_id: int) -> tuple[torch.Tensor, ...]:
+    """Where each text token sits inside a spelled word (the tokens between ``open_id`` and ``close_id``).
+
+    Args:
+        tokens: (B, T) int64 text tokens.
+        open_id, close_id: the spelling tokens.
+    Returns:
+        ``(from_start, from_end, inside)``, each (B, T): a character's index from the word's first
+        character and from its last (a word cut off by truncation runs to the end of the caption), and
+        whether the position is such a character (the indices elsewhere are 0).
+    """
+    T = tokens.size(1)
+    pos = torch.arange(T, device=tokens.device).expand_as(tokens)
+    none = torch.full_like(pos, -1)
+    last_open = torch.where(tokens == open_id, pos, none).cummax(1).values
+    last_close = torch.where(tokens == close_id, pos, none).cummax(1).values
+    inside = (last_open > last_close) & (tokens != open_id)
+    after = torch.where(tokens == close_id, pos, torch.full_like(pos, T)).flip(1).cummin(1).values.flip(1)
+    zero = torch.zeros_like(pos)
+    from_start = torch.where(inside, pos - last_open - 1, zero)
+    from_end = torch.where(inside, after - pos - 1, zero)
+    return from_start, from_end, inside
+
+
 class Logits(NamedTuple):
     """Next-token logits; either field is None when no position of that kind is output."""
 
@@ -134,6 +158,13 @@ class DalleTransformer(nn.Module):
         self.image_emb = nn.Embedding(cfg.image_vocab_size, d)
         self.image_row = nn.Embedding(cfg.image_grid, d)
         self.image_col = nn.Embedding(cfg.image_grid, d)
+        if cfg.spell_pos:
+            if cfg.spell_open_id < 0:
+                raise ValueError("dalle.spell_pos needs spell_open_id and spell_close_id: the tokenizer's "
+                                 "spelling tokens (training sets them from a tokenizer that spells)")
+            self.spell_start = nn.Embedding(cfg.spell_pos, d)        # index from the word's first letter
+            self.spell_end = nn.Embedding(cfg.spell_pos, d)          # index from its last letter
+            self.spell_centre = nn.Embedding(2 * cfg.spell_pos - 1, d)   # start - end: offset from the centre
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cfg.layout_of(i), self.masks) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
@@ -164,6 +195,8 @@ class DalleTransformer(nn.Module):
                     nn.init.zeros_(p)
             elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=resid_std)
+            elif name.startswith("spell_"):
+                nn.init.zeros_(p)       # a model given these tables later starts out unchanged
             else:
                 nn.init.normal_(p, mean=0.0, std=0.02)
 
@@ -201,7 +234,15 @@ class DalleTransformer(nn.Module):
 
     # ---- embeddings ----------------------------------------------------------------------
     def _embed_text(self, text_tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.text_emb(text_tokens) + self.text_pos(pos)           # (B, Tt, C)
+        x = self.text_emb(text_tokens) + self.text_pos(pos)              # (B, Tt, C)
+        cfg = self.config
+        if cfg.spell_pos:
+            start, end, inside = spell_positions(text_tokens, cfg.spell_open_id, cfg.spell_close_id)
+            n = cfg.spell_pos
+            start, end = start.clamp(max=n - 1), end.clamp(max=n - 1)
+            extra = self.spell_start(start) + self.spell_end(end) + self.spell_centre(start - end + n - 1)
+            x = x + extra * inside.unsqueeze(-1).to(extra.dtype)
+        return x
 
     def _embed_image(self, image_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Image codes at raster indices ``index`` (T,): code + row + column embeddings."""

@@ -86,13 +86,13 @@ def resume_checkpoint(out_dir: str | Path) -> Path | None:
     return latest_checkpoint(out_dir)
 
 
-def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> dict[str, torch.Tensor]:
-    """Transformer weights to start a run from: a bundle directory or a run checkpoint (``.ckpt``).
+def transformer_weights(path: str | Path) -> tuple[Any, str | None, dict[str, torch.Tensor]]:
+    """The transformer of a bundle directory or a run checkpoint (``.ckpt``).
 
-    The architecture and the tokenizer must be the ones of this run.
-
+    Returns:
+        ``(DalleConfig, tokenizer sha256 or None, state_dict)``.
     Raises:
-        ValueError: another architecture, another tokenizer, or not a bundle / checkpoint.
+        ValueError: not a bundle / transformer checkpoint.
     """
     from dalle.bundle import load_bundle
     from dalle.config import DalleConfig
@@ -100,24 +100,65 @@ def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> 
     path = Path(path)
     if path.is_dir():
         bundle = load_bundle(path)
-        cfg, sha = bundle.model.config, bundle.tokenizer.sha256
-        state = bundle.model.state_dict()
-    elif path.is_file():
+        return bundle.model.config, bundle.tokenizer.sha256, bundle.model.state_dict()
+    if path.is_file():
         ckpt = load_checkpoint(path)
         saved = (ckpt.get("hyper_parameters") or {}).get("dalle_config")
         if saved is None:
-            raise ValueError(f"--init-from {path}: not a transformer checkpoint (no dalle_config)")
-        cfg, sha = DalleConfig.from_dict(dict(saved)), ckpt.get("tokenizer_sha256")
+            raise ValueError(f"{path}: not a transformer checkpoint (no dalle_config)")
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    else:
-        raise ValueError(f"--init-from {path}: no such bundle directory or checkpoint file")
-    if cfg != dalle_config:
+        return DalleConfig.from_dict(dict(saved)), ckpt.get("tokenizer_sha256"), state
+    raise ValueError(f"{path}: no such bundle directory or checkpoint file")
+
+
+def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> dict[str, torch.Tensor]:
+    """Transformer weights to start a run from: a bundle directory or a run checkpoint (``.ckpt``).
+
+    The architecture and the tokenizer must be the ones of this run; the one change allowed is
+    within-word positions turned on (``dalle.spell_pos``): their tables are added at zero.
+
+    Raises:
+        ValueError: another architecture, another tokenizer, or not a bundle / checkpoint.
+    """
+    try:
+        cfg, sha, state = transformer_weights(path)
+    except ValueError as e:
+        raise ValueError(f"--init-from {e}") from None
+    added = _spell_tables_added(cfg, dalle_config)
+    if cfg != dalle_config and not added:
         raise ValueError(f"--init-from {path}: its transformer config differs from the preset's "
                          f"dalle section; train with the preset it was made with")
     if sha is not None and sha != tokenizer_sha256:
         raise ValueError(f"--init-from {path}: trained with tokenizer sha256 {str(sha)[:12]}, "
                          f"this run's is {tokenizer_sha256[:12]}: use its tokenizer.json")
+    if added:   # the new within-word position tables start at zero: the model starts out unchanged
+        fresh = DalleTransformer(dalle_config).state_dict()
+        state = {**state, **{k: v for k, v in fresh.items() if k.startswith("spell_")}}
+        log.info("--init-from %s: within-word position tables added (dalle.spell_pos=%d), starting at zero",
+                 path, dalle_config.spell_pos)
     return state
+
+
+def _spell_tables_added(old: Any, new: Any) -> bool:
+    """Whether ``new`` is ``old`` with within-word positions turned on (the one change --init-from allows)."""
+    return (old.spell_pos == 0 and new.spell_pos > 0
+            and dataclasses.replace(new, spell_pos=0, spell_open_id=old.spell_open_id,
+                                    spell_close_id=old.spell_close_id) == old)
+
+
+def with_spelling_ids(dalle_config: Any, tokenizer: TextTokenizer) -> Any:
+    """``dalle_config`` with the tokenizer's spelling token ids when it uses within-word positions.
+
+    Raises:
+        ValueError: ``spell_pos`` is set but the tokenizer has no spelling tokens.
+    """
+    if not dalle_config.spell_pos:
+        return dalle_config
+    if not tokenizer.spells:
+        raise ValueError(f"dalle.spell_pos={dalle_config.spell_pos} needs a caption tokenizer that spells "
+                         f"(made with spelling tokens); {tokenizer.path} has none")
+    return dataclasses.replace(dalle_config, spell_open_id=tokenizer.spell_open,
+                               spell_close_id=tokenizer.spell_close)
 
 
 def _final_checkpoint(trainer: L.Trainer, out_dir: Path, resumed: Path | None) -> Path | None:
@@ -193,6 +234,7 @@ def fit_dalle(preset: Preset | str, out_dir: str | Path, *, tokenizer_path: str 
         raise ValueError("dalle_train.on_the_fly needs vqvae_dir (the frozen VQVAE that tokenises images)")
     tokenizer = TextTokenizer(tokenizer_path, preset.dalle.text_len, preset.dalle.text_vocab_size,
                               lowercase=preset.data.lowercase)
+    preset = dataclasses.replace(preset, dalle=with_spelling_ids(preset.dalle, tokenizer))
     vqvae = None
     if vqvae_dir is not None:   # the codebook size, code grid and resolution are the trained tokenizer's
         vqvae = load_image_tokenizer(vqvae_dir)

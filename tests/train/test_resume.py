@@ -130,8 +130,10 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path):
 
 
 # ---- end to end through fit_dalle --------------------------------------------------------
-def write_token_shards(out_dir, preset, *, n_shards: int, per_shard: int, seed: int = 0) -> list[str]:
-    """Token shards of random codes with captions like the tokenizer fixture's; keys "{shard}-{i}"."""
+def write_token_shards(out_dir, preset, *, n_shards: int, per_shard: int, seed: int = 0,
+                       caption=None) -> list[str]:
+    """Token shards of random codes with captions like the tokenizer fixture's (or ``caption(rng)``);
+    keys "{shard}-{i}"."""
     import random
 
     import numpy as np
@@ -146,7 +148,7 @@ def write_token_shards(out_dir, preset, *, n_shards: int, per_shard: int, seed: 
         for s in range(n_shards):
             for i in range(per_shard):
                 codes = rng.integers(0, preset.dalle.image_vocab_size, (g, g))
-                writer.write_tokens(f"s{s}-{i:03d}", codes, random_caption(cap_rng))
+                writer.write_tokens(f"s{s}-{i:03d}", codes, (caption or random_caption)(cap_rng))
     return [str(p) for p in writer.paths]
 
 
@@ -228,6 +230,39 @@ def test_init_from_a_bundle_starts_a_new_run_from_its_weights(tmp_path, tiny_pre
                             tmp_path / "other_tokenizer.json")
     with pytest.raises(ValueError, match="tokenizer"):
         fit_dalle(preset, tmp_path / "fifth", init_from=bundle, **{**kw, "tokenizer_path": other})
+
+
+def test_init_from_may_turn_on_within_word_positions_and_nothing_else(tmp_path, tiny_preset, tiny_tokenizer,
+                                                                       vqvae_dir):
+    """A shipped model given ``dalle.spell_pos`` starts from its weights with the new tables at zero."""
+    from dalle.bundle import load_bundle
+    from train.dalle_fit import fit_dalle
+
+    shards = write_token_shards(tmp_path / "tokens", tiny_preset, n_shards=1, per_shard=16,
+                                caption=lambda rng: f'a "{rng.choice(["AB", "XYZ", "Q"])}"')
+    kw = dict(tokenizer_path=tiny_tokenizer.path, vqvae_dir=vqvae_dir, token_shards=shards,
+              enable_progress_bar=False, accelerator="cpu")
+    steps = ["dalle_train.max_steps=2", "dalle_train.ckpt_every=2", "dalle_train.image_every=0"]
+    bundle = fit_dalle(load_preset("tiny", steps), tmp_path / "plain", **kw)
+    start = StartWeights()
+    spelled = fit_dalle(load_preset("tiny", [*steps, "dalle.spell_pos=6"]), tmp_path / "spell", init_from=bundle,
+                        callbacks=[start], **kw)
+    for k, v in load_bundle(bundle).model.state_dict().items():
+        torch.testing.assert_close(start.state[k], v)
+    assert all(not start.state[k].any() for k in start.state if k.startswith("spell_"))
+    model = load_bundle(spelled).model                                  # the ids come from the tokenizer
+    assert (model.config.spell_pos, model.config.spell_open_id, model.config.spell_close_id) == (
+        6, tiny_tokenizer.spell_open, tiny_tokenizer.spell_close)
+    assert model.spell_start.weight.any()                               # and the tables were trained
+    with pytest.raises(ValueError, match="config differs"):
+        fit_dalle(load_preset("tiny", [*steps, "dalle.spell_pos=6", "dalle.n_layer=1"]), tmp_path / "other",
+                  init_from=bundle, **kw)
+    from train.text_tokenizer import train_tokenizer
+    plain_tok = train_tokenizer(["a red square", "two blue circles"] * 20, tiny_preset.dalle.text_vocab_size,
+                                tmp_path / "plain_tokenizer.json", spell=False)
+    with pytest.raises(ValueError, match="tokenizer that spells"):
+        fit_dalle(load_preset("tiny", [*steps, "dalle.spell_pos=6"]), tmp_path / "nospell",
+                  **{**kw, "tokenizer_path": plain_tok})
 
 
 @pytest.mark.parametrize("workers", [0, 2])
