@@ -432,7 +432,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from evaluation.run import run_eval
     result = run_eval(a.model, a.out, n=a.n, temperatures=a.temperatures, candidates=a.candidates,
                       guidance_values=a.guidance, seed=a.seed, device=resolve_device(a.device),
-                      batch_size=a.batch_size, prompts_per_part=a.prompts_per_part, top_k=a.top_k, top_p=a.top_p)
+                      batch_size=a.batch_size, prompts_per_part=a.prompts_per_part, top_k=a.top_k, top_p=a.top_p,
+                      suite=a.suite, kinds=a.kinds)
     print(result.get("markdown_path", a.out))
     return 0
 
@@ -700,6 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-per-part", type=A.positive_int, default=12,
                    help="prompts in each part of the default suite (12: every held-out word twice; at "
                         "pass rates of a few percent 6 left one passing prompt per part)")
+    p.add_argument("--suite", default="default",
+                   help="the prompt suite: default, or a JSON list of {part, prompt, description} (evaluation.suite)")
+    p.add_argument("--kinds", nargs="+", choices=("scene", "sign"), default=["scene", "sign"],
+                   help="keep only these kinds of prompt (--kinds sign: spelling only)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,7 @@ from synth.signs import (
 )
 
 PARTS = ("in_distribution", "heldout_combos", "heldout_words")
+KINDS = ("scene", "sign")
 
 
 @dataclass
@@ -42,18 +43,29 @@ def _sign(rng: np.random.Generator, split: str, word: str | None = None) -> tupl
     return caption, {**spec, "caption": caption, "claims": claims}
 
 
-def default_suite(prompts_per_part: int = 4, seed: int = 0) -> list[SuitePrompt]:
-    """The default suite: ``prompts_per_part`` prompts in each of the three parts, distinct captions."""
+def default_suite(prompts_per_part: int = 4, seed: int = 0, kinds: Sequence[str] = KINDS) -> list[SuitePrompt]:
+    """The default suite: ``prompts_per_part`` prompts in each of the three parts, distinct captions.
+
+    ``kinds`` keeps scenes or signs only (spelling work: ``("sign",)`` gives signs of training words in
+    distribution and the held-out words, no held-out combinations); with both, the suite is the same
+    as always.
+    """
     if prompts_per_part < 1:
         raise ValueError(f"prompts_per_part must be >= 1, got {prompts_per_part}")
+    kinds = tuple(kinds)
+    if not kinds or set(kinds) - set(KINDS):
+        raise ValueError(f"kinds must be some of {KINDS}, got {kinds}")
     rng = np.random.default_rng([seed, 6])
+    scenes, signs = "scene" in kinds, "sign" in kinds
     makers = {
-        "in_distribution": lambda i: (scene_sample(rng, split="train") if i % 2 == 0 else _sign(rng, "train")),
+        "in_distribution": lambda i: (scene_sample(rng, split="train") if scenes and (i % 2 == 0 or not signs)
+                                      else _sign(rng, "train")),
         "heldout_combos": lambda i: scene_sample(rng, split="heldout"),
         "heldout_words": lambda i: _sign(rng, "heldout", DEFAULT_HELD_OUT_WORDS[i % len(DEFAULT_HELD_OUT_WORDS)]),
     }
+    parts = [p for p in PARTS if (p != "heldout_combos" or scenes) and (p != "heldout_words" or signs)]
     suite: list[SuitePrompt] = []
-    for part in PARTS:
+    for part in parts:
         seen: set[str] = set()
         i = 0
         while len(seen) < prompts_per_part and i < 100 * prompts_per_part:

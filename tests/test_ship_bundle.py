@@ -61,3 +61,30 @@ def test_ship_swaps_in_the_decoder_over_the_same_codebook_only(tmp_path):
              "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and "codes mean other patches" in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_ship_from_a_checkpoint_keeps_its_own_shape(tmp_path, tiny_tokenizer):
+    """A checkpoint of a model with within-word positions ships as it was trained, not as the preset says."""
+    import dataclasses
+
+    from dalle.model import DalleTransformer
+
+    cfg = PatchVQConfig(resolution=16, patch=4, vocab_size=32, n_hid=8, n_blocks=1)
+    codebook = PatchVQ(cfg)
+    codebook.fit_codebook(torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)), iters=2)
+    codebook.save(tmp_path / "codebook")
+    dcfg = dataclasses.replace(load_preset("tiny").dalle, spell_pos=4, spell_open_id=tiny_tokenizer.spell_open,
+                               spell_close_id=tiny_tokenizer.spell_close)
+    model = DalleTransformer(dcfg)
+    with torch.no_grad():
+        model.spell_start.weight.normal_()
+    ckpt = {"global_step": 7, "hyper_parameters": {"dalle_config": dcfg.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    r = ship(str(tmp_path / "last.ckpt"), "--tokenizer", str(tiny_tokenizer.path), "--preset", "tiny",
+             "--vqvae", str(tmp_path / "codebook"), "--out", str(tmp_path / "ship"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    shipped = Dalle.from_pretrained(tmp_path / "ship", device="cpu")
+    assert shipped.model.config.spell_pos == 4 and shipped.meta["global_step"] == 7
+    torch.testing.assert_close(shipped.model.spell_start.weight.float(), model.spell_start.weight,
+                               atol=1e-3, rtol=1e-3)        # float16 on disk

@@ -183,9 +183,20 @@ def test_eval_passes_its_sampling_options_through(monkeypatch, tmp_path):
         ("m", 64, 0.9, [1.0, 2.0], [0.5])
     assert main(["eval", "--out", str(tmp_path)]) == 0
     assert (seen["top_k"], seen["top_p"], seen["guidance_values"]) == (None, None, None)   # the model's own
+    assert (seen["suite"], seen["kinds"]) == ("default", ["scene", "sign"])
+    assert main(["eval", "--out", str(tmp_path), "--kinds", "sign", "--suite", "s.json"]) == 0
+    assert (seen["suite"], seen["kinds"]) == ("s.json", ["sign"])
     with pytest.raises(SystemExit) as e:
         main(["eval", "--top-k", "-1"])
     assert e.value.code == 2
+
+
+def test_eval_with_a_bad_suite_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "suite.json"
+    bad.write_text("{not json")
+    assert main(["eval", "--suite", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read prompt suite" in err[0]
 
 
 def test_a_value_error_from_inside_a_library_is_a_bug_not_bad_input(monkeypatch, tmp_path):

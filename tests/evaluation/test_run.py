@@ -47,6 +47,37 @@ def test_score_run_counts_passing_samples():
     assert out["summary"]["all"]["pass@k"]["1"] == pytest.approx(0.5)
 
 
+def test_word_match_follows_what_the_sign_shows():
+    """Sign prompts get the checker's mean word match: real renders ~1, the same renders of another word low;
+    scene prompts none, and the part means are over sign prompts only."""
+    suite = [p for p in default_suite(prompts_per_part=2, seed=0) if p.part == "in_distribution"]
+    sign, scene = (next(p for p in suite if p.description["kind"] == k) for k in ("sign", "scene"))
+    other = next(p for p in default_suite(prompts_per_part=2, seed=0)
+                 if p.description["kind"] == "sign" and p.description["word"] != sign.description["word"])
+    n = 2
+    gens = [FakeGeneration(sign.prompt, i, render_description(sign.description, 64), 0.0) for i in range(n)]
+    gens += [FakeGeneration(scene.prompt, i, render_description(scene.description, 64), 0.0) for i in range(n)]
+    wrong = [FakeGeneration(sign.prompt, i, render_description(other.description, 64), 0.0) for i in range(n)]
+    out = score_run([sign, scene], gens, n, [1], candidates=2)
+    rows = {r["prompt"]: r for r in out["prompts"]}
+    assert rows[sign.prompt]["word_match"] > 0.9 and rows[scene.prompt]["word_match"] is None
+    assert out["summary"]["in_distribution"]["word_match"] == rows[sign.prompt]["word_match"]
+    assert score_run([sign], wrong, n, [1], candidates=2)["prompts"][0]["word_match"] < 0.6
+
+
+def test_the_default_suite_can_keep_one_kind():
+    both = default_suite(prompts_per_part=4, seed=0)
+    assert both == default_suite(prompts_per_part=4, seed=0, kinds=("sign", "scene"))   # unchanged
+    signs = default_suite(prompts_per_part=4, seed=0, kinds=("sign",))
+    assert [p.part for p in signs] == ["in_distribution"] * 4 + ["heldout_words"] * 4
+    assert all(p.description["kind"] == "sign" for p in signs)
+    scenes = default_suite(prompts_per_part=4, seed=0, kinds=("scene",))
+    assert [p.part for p in scenes] == ["in_distribution"] * 4 + ["heldout_combos"] * 4
+    assert all(p.description["kind"] == "scene" for p in scenes)
+    with pytest.raises(ValueError, match="kinds"):
+        default_suite(kinds=("emoji",))
+
+
 def test_default_suite_parts_and_round_trip(tmp_path):
     suite = default_suite(prompts_per_part=3, seed=1)
     assert [sum(p.part == part for p in suite) for part in PARTS] == [3, 3, 3]
@@ -89,7 +120,7 @@ def test_run_eval_end_to_end_on_tiny(tiny_bundle, tmp_path):
         for r in rows:   # 16-px images from a random model: the checker refuses them, with a reason
             assert r["n"] == 2 and r["c"] == 0 and r["pass@k"]["1"] == 0.0 and "too small" in r["reasons"][0]
     assert set(result["guidance"]) == {"1.0", "2.0"}
-    assert set(result["vqvae"]) == {"in_distribution", "heldout_combos", "heldout_words"}
+    assert set(result["vqvae"]) == {"in_distribution", "heldout_words"}     # the parts this suite has
     for v in result["vqvae"].values():
         assert v["images"] == 64 and 0 < v["codebook_usage"] <= 1 and np.isfinite(v["psnr_db"])
         assert v["checker_ceiling"] == 0.0        # 16 px reconstructions are below the checker's minimum
