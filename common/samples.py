@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -97,6 +98,12 @@ class MemberFilter:
             self.counter.add("hidden_member")
             return False
         return True
+
+
+def part_of(key: str) -> str:
+    """The part of the data a sample belongs to: its key's last path component without digits
+    (``sign000000123`` -> ``sign``, ``dir/scene0001`` -> ``scene``; img2dataset's all-digit keys -> ``""``)."""
+    return re.sub(r"\d+", "", str(key).rsplit("/", 1)[-1])
 
 
 def read_samples(urls: list[str], counter: SkipCounter, *,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,18 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.samples import SkipCounter, read_samples
+from common.samples import SkipCounter, part_of, read_samples
 from common.shards import expand_sources
 from dalle.atomic import atomic_write_text
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
 from train.dalle_fit import transformer_weights
 from train.data.tokens import CODES_EXT, codes_from_bytes
-
-
-def part_of(key: str) -> str:
-    """The part a sample belongs to: its key without digits and path (``sign000000123`` -> ``sign``)."""
-    return re.sub(r"\d+", "", key.rsplit("/", 1)[-1]) or "?"
 
 
 def load_parts(shards: list[str], tokenizer: TextTokenizer, image_len: int) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -49,7 +43,7 @@ def load_parts(shards: list[str], tokenizer: TextTokenizer, image_len: int) -> d
         if grid.size != image_len:
             raise ValueError(f"{sample['__key__']}: {grid.size} codes, the model has {image_len}")
         ids, _ = tokenizer.encode_one(caption.decode("utf-8"))
-        groups[part_of(sample["__key__"])].append((ids, grid))
+        groups[part_of(sample["__key__"]) or "?"].append((ids, grid))
     return {part: (torch.tensor([ids for ids, _ in rows]), torch.tensor(np.stack([g for _, g in rows])).long())
             for part, rows in sorted(groups.items())}
 

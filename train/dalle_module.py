@@ -30,6 +30,7 @@ from dalle.bundle import check_compatible
 from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
+from common.samples import part_of
 from train.checkpoints import check_resumable
 from train.config import DalleTrainConfig
 from train.frozen import hold
@@ -270,10 +271,31 @@ class DalleModule(L.LightningModule):
         text_tokens, image_tokens = batch["text_tokens"], batch.get("image_tokens")
         if image_tokens is None:
             image_tokens = self._encode_images(batch["images"])
-        out = self._loss(text_tokens, image_tokens)
         bs = text_tokens.shape[0]
+        out, parts = self.loss_by_part(text_tokens, image_tokens, batch.get("keys") or [""] * bs)
         self.log_dict({"val/loss": out.loss, "val/text_loss": out.text_loss, "val/image_loss": out.image_loss},
                       on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        if set(parts) != {""}:                # per part (signs, scenes, ...): what the mixed loss hides. Not
+            for part, (p, n) in parts.items():    # synced: under DDP, rank 0's validation shards
+                self.log(f"val/image_loss/{part or 'other'}", p.image_loss, on_step=False, on_epoch=True,
+                         batch_size=n)
+
+    def loss_by_part(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor,
+                     keys: list[str]) -> tuple[DalleLoss, dict[str, tuple[DalleLoss, int]]]:
+        """The batch's loss and each part's (rows grouped by :func:`common.samples.part_of` of their keys).
+
+        Returns:
+            ``(loss of the batch, {part: (its loss, its rows)})``; the batch's terms are the row-weighted
+            means of the parts' (each term is a mean over rows times positions), so they equal
+            :meth:`_loss` of the whole batch.
+        """
+        rows: dict[str, list[int]] = collections.defaultdict(list)
+        for i, key in enumerate(keys):
+            rows[part_of(key)].append(i)
+        parts = {part: (self._loss(text_tokens[idx], image_tokens[idx]), len(idx)) for part, idx in rows.items()}
+        bs = len(keys)
+        out = DalleLoss(*(sum(getattr(p, f) * (n / bs) for p, n in parts.values()) for f in DalleLoss._fields))
+        return out, parts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         out = self.compute_loss(batch, step=self.global_step, micro=batch_idx % self.train_config.grad_accum,

@@ -345,3 +345,50 @@ def test_fit_dalle_without_data_is_a_clear_error(tmp_path, tiny_tokenizer):
     with pytest.raises(ValueError, match="needs vqvae_dir"):
         fit_dalle(load_preset("tiny", ["dalle_train.on_the_fly=true"]), tmp_path,
                   tokenizer_path=tiny_tokenizer.path, image_shards=["x.tar"])
+
+
+def test_validation_loss_splits_by_part_and_adds_up():
+    """val/image_loss/<part> (signs, scenes, ...) beside the mixed loss, which is unchanged."""
+    module = make_module()
+    batch = token_batch(module.config, 6)
+    keys = ["sign000001", "scene000002", "sign000003", "scene000004", "scene000005", "emoji000006"]
+    text, image = batch["text_tokens"], batch["image_tokens"]
+    with torch.no_grad():
+        out, parts = module.loss_by_part(text, image, keys)
+        whole = module._loss(text, image)
+        signs = module._loss(text[[0, 2]], image[[0, 2]])
+    assert {k: n for k, (_, n) in parts.items()} == {"sign": 2, "scene": 3, "emoji": 1}
+    for f in ("loss", "text_loss", "image_loss"):
+        torch.testing.assert_close(getattr(out, f), getattr(whole, f), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts["sign"][0].image_loss, signs.image_loss)
+
+
+def test_a_run_logs_held_out_loss_per_part(tmp_path, tiny_tokenizer):
+    import csv
+
+    import numpy as np
+
+    from train.config import load_preset
+    from train.dalle_fit import fit_dalle
+    from train.data.tokens import TokenShardWriter
+
+    preset = load_preset("tiny", ["dalle_train.max_steps=2", "dalle_train.val_every=2", "dalle_train.image_every=0",
+                                  "dalle_train.batch_size=4"])
+    g = preset.dalle.image_grid
+    rng = np.random.default_rng(0)
+    shards = {}
+    for name, n in (("train", 8), ("val", 6)):
+        with TokenShardWriter(tmp_path / name, max_samples=n) as writer:
+            for i in range(n):
+                part = "sign" if i % 3 == 0 else "scene"
+                writer.write_tokens(f"{part}{i:06d}", rng.integers(0, preset.dalle.image_vocab_size, (g, g)),
+                                    "a red cube")
+        shards[name] = [str(p) for p in writer.paths]
+    fit_dalle(preset, tmp_path / "run", tokenizer_path=tiny_tokenizer.path, token_shards=shards["train"],
+              val_token_shards=shards["val"], enable_progress_bar=False, accelerator="cpu")
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    val = [r for r in rows if r.get("val/image_loss")]
+    assert val, "no validation row"
+    v = val[-1]
+    mixed = (2 * float(v["val/image_loss/sign"]) + 4 * float(v["val/image_loss/scene"])) / 6
+    assert abs(mixed - float(v["val/image_loss"])) < 1e-4
