@@ -1,12 +1,41 @@
 """Configuration of the transformer over [text_tokens ; image_tokens]."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 from common.configs import config_from_dict
 
 ATTN_LAYOUTS = ("dense", "row", "column", "conv")
+
+
+def check_spelling_fields(cfg: Any, what: str) -> None:
+    """Check ``spell_pos``, ``spell_open_id``, ``spell_close_id`` of a config that has them.
+
+    Raises:
+        ValueError: a negative ``spell_pos``, or ids that are not two distinct text token ids (-1: unset).
+    """
+    if cfg.spell_pos < 0:
+        raise ValueError(f"{what}.spell_pos must be >= 0, got {cfg.spell_pos}")
+    ids = (cfg.spell_open_id, cfg.spell_close_id)
+    if ids != (-1, -1) and (not all(0 <= i < cfg.text_vocab_size for i in ids) or ids[0] == ids[1]):
+        raise ValueError(f"{what}.spell_open_id / spell_close_id must be two text token ids (or -1, unset), "
+                         f"got {ids}")
+
+
+def with_spelling_ids(cfg: Any, tokenizer: Any) -> Any:
+    """``cfg`` (a transformer or scorer config) with the tokenizer's spelling token ids when it uses
+    within-word positions (``spell_pos`` > 0); unchanged otherwise.
+
+    Raises:
+        ValueError: ``spell_pos`` is set but the tokenizer (a ``dalle.tokenizer.TextTokenizer``) does not spell.
+    """
+    if not cfg.spell_pos:
+        return cfg
+    if not tokenizer.spells:
+        raise ValueError(f"spell_pos={cfg.spell_pos} needs a caption tokenizer that spells (made with spelling "
+                         f"tokens); {tokenizer.path} has none")
+    return replace(cfg, spell_open_id=tokenizer.spell_open, spell_close_id=tokenizer.spell_close)
 
 
 @dataclass
@@ -58,12 +87,7 @@ class DalleConfig:
                 raise ValueError(f"dalle.attn_layouts: unknown layout {layout!r}; choose from {ATTN_LAYOUTS}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"dalle.conv_kernel must be odd and positive, got {self.conv_kernel}")
-        if self.spell_pos < 0:
-            raise ValueError(f"dalle.spell_pos must be >= 0, got {self.spell_pos}")
-        ids = (self.spell_open_id, self.spell_close_id)
-        if ids != (-1, -1) and (not all(0 <= i < self.text_vocab_size for i in ids) or ids[0] == ids[1]):
-            raise ValueError(f"dalle.spell_open_id / spell_close_id must be two text token ids (or -1, unset), "
-                             f"got {ids}")
+        check_spelling_fields(self, "dalle")
 
     @property
     def image_len(self) -> int:

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,30 @@ def spell_positions(tokens: torch.Tensor, open_id: int, close_id: int) -> tuple[
     from_start = torch.where(inside, pos - last_open - 1, zero)
     from_end = torch.where(inside, after - pos - 1, zero)
     return from_start, from_end, inside
+
+
+def spell_embedding(owner: nn.Module, tokens: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """The within-word position embeddings of ``tokens`` (B, T) -> (B, T, C), zero outside spelled words:
+    ``owner.spell_start`` / ``spell_end`` / ``spell_centre`` looked up at each character's index from
+    the word's start, from its end, and at their difference (the offset from the centre), clamped to
+    ``cfg.spell_pos - 1``. Shared by the transformer and the scorer's text encoder."""
+    start, end, inside = spell_positions(tokens, cfg.spell_open_id, cfg.spell_close_id)
+    n = cfg.spell_pos
+    start, end = start.clamp(max=n - 1), end.clamp(max=n - 1)
+    extra = owner.spell_start(start) + owner.spell_end(end) + owner.spell_centre(start - end + n - 1)
+    return extra * inside.unsqueeze(-1).to(extra.dtype)
+
+
+def add_spell_tables(owner: nn.Module, cfg: Any, dim: int) -> None:
+    """Give ``owner`` the zero-initialised tables of :func:`spell_embedding` (``cfg.spell_pos`` > 0)."""
+    if cfg.spell_open_id < 0:
+        raise ValueError("spell_pos needs spell_open_id and spell_close_id: the tokenizer's spelling tokens "
+                         "(training sets them from a tokenizer that spells)")
+    owner.spell_start = nn.Embedding(cfg.spell_pos, dim)          # index from the word's first letter
+    owner.spell_end = nn.Embedding(cfg.spell_pos, dim)            # index from its last letter
+    owner.spell_centre = nn.Embedding(2 * cfg.spell_pos - 1, dim)  # start - end: offset from the centre
+    for table in (owner.spell_start, owner.spell_end, owner.spell_centre):
+        nn.init.zeros_(table.weight)     # a model given these tables later starts out unchanged
 
 
 class Logits(NamedTuple):
@@ -159,12 +183,7 @@ class DalleTransformer(nn.Module):
         self.image_row = nn.Embedding(cfg.image_grid, d)
         self.image_col = nn.Embedding(cfg.image_grid, d)
         if cfg.spell_pos:
-            if cfg.spell_open_id < 0:
-                raise ValueError("dalle.spell_pos needs spell_open_id and spell_close_id: the tokenizer's "
-                                 "spelling tokens (training sets them from a tokenizer that spells)")
-            self.spell_start = nn.Embedding(cfg.spell_pos, d)        # index from the word's first letter
-            self.spell_end = nn.Embedding(cfg.spell_pos, d)          # index from its last letter
-            self.spell_centre = nn.Embedding(2 * cfg.spell_pos - 1, d)   # start - end: offset from the centre
+            add_spell_tables(self, cfg, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cfg.layout_of(i), self.masks) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
@@ -235,13 +254,8 @@ class DalleTransformer(nn.Module):
     # ---- embeddings ----------------------------------------------------------------------
     def _embed_text(self, text_tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         x = self.text_emb(text_tokens) + self.text_pos(pos)              # (B, Tt, C)
-        cfg = self.config
-        if cfg.spell_pos:
-            start, end, inside = spell_positions(text_tokens, cfg.spell_open_id, cfg.spell_close_id)
-            n = cfg.spell_pos
-            start, end = start.clamp(max=n - 1), end.clamp(max=n - 1)
-            extra = self.spell_start(start) + self.spell_end(end) + self.spell_centre(start - end + n - 1)
-            x = x + extra * inside.unsqueeze(-1).to(extra.dtype)
+        if self.config.spell_pos:
+            x = x + spell_embedding(self, text_tokens, self.config)
         return x
 
     def _embed_image(self, image_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ from torch import nn
 
 from common.configs import config_from_dict
 from dalle.atomic import atomic_write, atomic_write_text
+from dalle.config import check_spelling_fields
+from dalle.model import add_spell_tables, spell_embedding
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ class ScorerConfig:
     n_head: int = 4
     n_embd: int = 128
     embed_dim: int = 128            # the shared space
+    # within-word positions of spelled text, as dalle.spell_pos (0: off; ids set by training from the tokenizer)
+    spell_pos: int = 0
+    spell_open_id: int = -1
+    spell_close_id: int = -1
+
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("spell_pos", "spell_open_id", "spell_close_id")
 
     def __post_init__(self) -> None:
         self.channels = list(self.channels)
@@ -77,6 +85,7 @@ class ScorerConfig:
                              f"less than pool_grid={self.pool_grid} (or not a whole number of pixels)")
         if self.n_embd % self.n_head:
             raise ValueError(f"scorer.n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        check_spelling_fields(self, "scorer")
 
     @property
     def text_vocab_total(self) -> int:
@@ -144,12 +153,17 @@ class TextEncoder(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.embed_dim)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.tok_emb.weight, std=0.02)
+        self.spell = cfg if cfg.spell_pos else None
+        if cfg.spell_pos:
+            add_spell_tables(self, cfg, cfg.n_embd)
 
     def forward(self, text_tokens: torch.Tensor) -> torch.Tensor:
         pad = text_tokens >= self.vocab_size                                   # (B, T)
         T = max(1, int((~pad).sum(1).max())) if pad.numel() else text_tokens.size(1)
         text_tokens, pad = text_tokens[:, :T], pad[:, :T]                      # (B, T') trailing pads cut
         x = self.tok_emb(text_tokens) + self.pos_emb[: text_tokens.size(1)]    # (B, T, C)
+        if self.spell is not None:
+            x = x + spell_embedding(self, text_tokens, self.spell)
         x = self.blocks(x, src_key_padding_mask=pad)                           # (B, T, C)
         keep = (~pad).unsqueeze(-1).to(x.dtype)                                # (B, T, 1)
         x = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)                     # (B, C)

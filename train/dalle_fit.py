@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from dalle.bundle import save_bundle
+from dalle.config import with_spelling_ids
 from dalle.model import Block, DalleTransformer
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import (CheckpointError, candidates, clean_orphans, load_checkpoint, prune_older,
@@ -144,21 +145,6 @@ def _spell_tables_added(old: Any, new: Any) -> bool:
     return (old.spell_pos == 0 and new.spell_pos > 0
             and dataclasses.replace(new, spell_pos=0, spell_open_id=old.spell_open_id,
                                     spell_close_id=old.spell_close_id) == old)
-
-
-def with_spelling_ids(dalle_config: Any, tokenizer: TextTokenizer) -> Any:
-    """``dalle_config`` with the tokenizer's spelling token ids when it uses within-word positions.
-
-    Raises:
-        ValueError: ``spell_pos`` is set but the tokenizer has no spelling tokens.
-    """
-    if not dalle_config.spell_pos:
-        return dalle_config
-    if not tokenizer.spells:
-        raise ValueError(f"dalle.spell_pos={dalle_config.spell_pos} needs a caption tokenizer that spells "
-                         f"(made with spelling tokens); {tokenizer.path} has none")
-    return dataclasses.replace(dalle_config, spell_open_id=tokenizer.spell_open,
-                               spell_close_id=tokenizer.spell_close)
 
 
 def _final_checkpoint(trainer: L.Trainer, out_dir: Path, resumed: Path | None) -> Path | None:

@@ -14,6 +14,7 @@ that ``tokenizer.json``, so the directory is scored and checked on its own).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ import lightning as L
 import torch
 
 from dalle.atomic import atomic_write_text
+from dalle.config import with_spelling_ids
 from dalle.scorer import ImageTextScorer, ScorerConfig, ScorerError
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import clean_orphans, verify
@@ -90,6 +92,7 @@ def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], 
     expand_sources(shards)                      # a missing source is one line now, not after the trainer starts
     tokenizer = TextTokenizer(tokenizer_path, preset.scorer.text_len, preset.scorer.text_vocab_size,
                               lowercase=preset.data.lowercase)
+    preset = dataclasses.replace(preset, scorer=with_spelling_ids(preset.scorer, tokenizer))
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_orphans(out_dir)
     atomic_write_text(out_dir / "preset.json", json.dumps(preset.to_dict(), indent=2, default=str) + "\n")

@@ -332,3 +332,23 @@ def test_a_nonfinite_scorer_step_is_dropped_on_every_rank_as_the_transformer_s()
     assert not guard.finite(trainer, torch.tensor(float("nan"))) and (guard.total, guard.streak) == (2, 2)
     assert votes[-1] is False
     assert guard.finite(trainer, torch.tensor(0.5)) and (guard.total, guard.streak) == (2, 0)
+
+
+def test_the_scorer_can_take_within_word_positions(data, tmp_path):
+    """scorer.spell_pos: the ids come from the tokenizer, the tables train and travel with the export, and a
+    scorer.json written before the option existed still reads."""
+    from dalle.scorer import ScorerConfig
+
+    d, shards, tok, _ = data
+    preset = load_preset("tiny", LONG + ["scorer_train.max_steps=5", "scorer_train.ckpt_every=5",
+                                          "scorer.spell_pos=8"])
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    out = fit_scorer(preset, tmp_path / "run", train_shards=shards[:2], tokenizer_path=tok, **QUIET)
+    scorer = ImageTextScorer.from_checkpoint(out)
+    cfg = scorer.config
+    assert (cfg.spell_pos, cfg.spell_open_id, cfg.spell_close_id) == (8, tokenizer.spell_open, tokenizer.spell_close)
+    assert scorer.text_encoder.spell_centre.weight.any()                 # trained on the signs' words
+    old = cfg.to_dict()
+    for key in ScorerConfig.ADDED_LATER:
+        del old[key]
+    assert ScorerConfig.from_dict(old, complete=True) == load_preset("tiny", LONG).scorer   # before the option
