@@ -123,6 +123,14 @@ for spec in run6:4.0e-4:8000 run7:3.0e-4:8000 run8:2.5e-4:6000; do
     --set dalle_train.lr="$lr" --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="$steps"
   prev=$run
 done
+# 5g. (2026-12-07) within-word positions for the spelled characters, the new tables at zero, 8,000 steps from run7
+#     (the shipped continuation; run8 was no better) at lr 4e-4 (1 h 26 min on one core; held-out sign codes 0.451 ->
+#     0.425, scenes 0.291 -> 0.288; the same continuation without the tables: 0.450 / 0.289)
+dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/val_tokens_c25/*.tar \
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook_c25" --out "$W/run9" --init-from "$W/run7/bundle" \
+  --set dalle.spell_pos=16 --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=500 \
+  --set dalle_train.image_every=2000 --set dalle_train.lr=4.0e-4 --set dalle_train.warmup_steps=200 \
+  --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS9:-8000}"
 
 # 3c. (2026-12-06, second session) the context decoder on top of codebook_c25 (its codes never change, so the
 #     transformer is untouched): scenes and signs re-rendered in palette colours as caption-less shards, 3,000 steps,
@@ -186,6 +194,6 @@ own_samples candidate_g7 generated3 3 "$D/scenes/00027.tar" "$D/relation_scenes/
 scorer_on_samples scorer_h scorer_g "$W/generated/train" "$W/generated3/train"
 
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-#    (run7: run8 was no better on dalle eval)
-ship run7 scorer_h candidate --meta license=mit --meta continued_from=27500
+#    (run9: 5f's run7 with within-word positions; run8 was no better on dalle eval)
+ship run9 scorer_h candidate --meta license=mit --meta continued_from=35500
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"
