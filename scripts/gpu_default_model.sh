@@ -67,9 +67,10 @@ $DALLE tokens "$D/val_scenes" "$D/val_signs" --preset $PRESET --vqvae "$OUT/code
   --out "$D/val_tokens" --shard-size 250 --device $DEVICE
 mark tokens
 
-# 5. the transformer: TRAIN_STEPS of BATCH (the learning-rate schedule) or TRAIN_MINUTES, whichever ends first
+# 5. the transformer: TRAIN_STEPS of BATCH (the learning-rate schedule) or TRAIN_MINUTES, whichever ends first;
+#    with within-word positions for the spelled characters (held-out words: BENCHMARKS.md, "Within-word positions")
 $DALLE train --preset $PRESET --tokens "$D"/tokens/*.tar --val-tokens "$D"/val_tokens/*.tar \
-  --tokenizer "$OUT/tokenizer.json" --vqvae "$OUT/codebook" --out "$OUT/run" \
+  --tokenizer "$OUT/tokenizer.json" --vqvae "$OUT/codebook" --out "$OUT/run" --set dalle.spell_pos=16 \
   --set dalle_train.batch_size=$BATCH --set dalle_train.max_steps=$TRAIN_STEPS \
   --set dalle_train.max_minutes=$TRAIN_MINUTES --set dalle_train.val_every=$(( TRAIN_STEPS / 10 > 0 ? TRAIN_STEPS / 10 : 1 )) \
   --set dalle_train.image_every=0 --set dalle_train.ckpt_every=$(( TRAIN_STEPS / 4 > 0 ? TRAIN_STEPS / 4 : 1 )) \

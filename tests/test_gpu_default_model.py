@@ -27,5 +27,6 @@ def test_the_gpu_script_builds_a_bundle_at_the_tiny_scale(tmp_path):
     from dalle import Dalle
     model = Dalle.from_pretrained(bundle, device="cpu")
     assert model.scorer is not None and model.meta["trained_on"] == "gpu"
+    assert model.model.config.spell_pos == 16                 # within-word positions for the spelled words
     gens = model.generate(["a red circle"], n=1, seed=0, candidates=2)
     assert gens[0].image.size == (16, 16)
