@@ -18,33 +18,27 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.samples import SkipCounter, part_of, read_samples
-from common.shards import expand_sources
+from common.samples import part_of
 from dalle.atomic import atomic_write_text
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
+from train.config import DataConfig
 from train.dalle_fit import transformer_weights
-from train.data.tokens import CODES_EXT, codes_from_bytes
+from train.data.tokens import iter_token_shards
 
 
 def load_parts(shards: list[str], tokenizer: TextTokenizer, image_len: int) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Token samples of ``shards`` grouped by part: ``{part: (text (N, Tt), codes (N, image_len))}``."""
-    groups: dict[str, list[tuple[list[int], np.ndarray]]] = defaultdict(list)
-    for sample in read_samples(expand_sources(shards), SkipCounter()):
-        codes = sample.get(CODES_EXT)
-        caption = sample.get("txt")
-        if codes is None or caption is None:
-            continue
-        grid = codes_from_bytes(codes).reshape(-1)
-        if grid.size != image_len:
-            raise ValueError(f"{sample['__key__']}: {grid.size} codes, the model has {image_len}")
-        ids, _ = tokenizer.encode_one(caption.decode("utf-8"))
-        groups[part_of(sample["__key__"]) or "?"].append((ids, grid))
-    return {part: (torch.tensor([ids for ids, _ in rows]), torch.tensor(np.stack([g for _, g in rows])).long())
+    """Token samples of ``shards`` (read as training reads them; bad ones skipped) grouped by part:
+    ``{part: (text (N, Tt), codes (N, image_len))}``."""
+    groups: dict[str, list[tuple[list[int], torch.Tensor]]] = defaultdict(list)
+    for item in iter_token_shards(shards, DataConfig()):
+        if item.image_tokens.numel() != image_len:
+            raise ValueError(f"{item.key}: {item.image_tokens.numel()} codes, the model has {image_len}")
+        groups[part_of(item.key) or "?"].append((tokenizer.encode_one(item.caption)[0], item.image_tokens))
+    return {part: (torch.tensor([ids for ids, _ in rows]), torch.stack([codes for _, codes in rows]))
             for part, rows in sorted(groups.items())}
 
 
@@ -67,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", help="tokenizer.json (default: the first bundle's)")
     ap.add_argument("--json", help="also write the table here")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
     tok_path = args.tokenizer or next((str(Path(m) / "tokenizer.json") for m in args.models if Path(m).is_dir()), None)
     if tok_path is None:
         print("part_loss: give --tokenizer when no model is a bundle directory", file=sys.stderr)

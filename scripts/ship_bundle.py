@@ -20,7 +20,7 @@ import torch
 from dalle.api import Dalle
 from dalle.tokenizer import TextTokenizer
 from train.config import load_preset, with_image_tokenizer
-from train.dalle_fit import model_from_checkpoint, transformer_weights
+from train.dalle_fit import model_from_checkpoint
 from vqvae.registry import load_image_tokenizer
 
 
@@ -50,13 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.model.suffix == ".ckpt":
         if a.tokenizer is None:
             p.error("--tokenizer is required with a checkpoint")
-        dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
-        saved = transformer_weights(a.model)[0]        # the checkpoint's own shape (e.g. within-word positions)
-        if (saved.image_vocab_size, saved.image_grid) != (dalle_config.image_vocab_size, dalle_config.image_grid):
-            p.error(f"{a.model} models {saved.image_vocab_size} codes on a {saved.image_grid}-grid, "
-                    f"{a.vqvae} has {dalle_config.image_vocab_size} on {dalle_config.image_grid}")
-        dalle_config = saved
-        model, info = model_from_checkpoint(a.model, dalle_config)
+        vq = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
+        model, info = model_from_checkpoint(a.model)   # the checkpoint's own shape (e.g. within-word positions)
+        dalle_config = model.config
+        if (dalle_config.image_vocab_size, dalle_config.image_grid) != (vq.image_vocab_size, vq.image_grid):
+            p.error(f"{a.model} models {dalle_config.image_vocab_size} codes on a {dalle_config.image_grid}-grid, "
+                    f"{a.vqvae} has {vq.image_vocab_size} on {vq.image_grid}")
         meta = {"preset": a.preset, "global_step": info["global_step"], "checkpoint": a.model.name}
         tokenizer = TextTokenizer(a.tokenizer, dalle_config.text_len, dalle_config.text_vocab_size)
         bundle = Dalle(model, image_tokenizer, tokenizer, meta=meta)

@@ -26,7 +26,7 @@ import torch
 
 from dalle.bundle import save_bundle
 from dalle.config import with_spelling_ids
-from dalle.model import Block, DalleTransformer
+from dalle.model import Block, DalleTransformer, add_spell_tables
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import (CheckpointError, candidates, clean_orphans, load_checkpoint, prune_older,
                                read_record, verify)
@@ -63,15 +63,38 @@ class SaveLastOnTrainEnd(L.Callback):
         trainer.save_checkpoint(self.path)
 
 
-def model_from_checkpoint(path: str | Path, dalle_config: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _saved_config(path: str | Path, ckpt: dict[str, Any]) -> Any:
+    """The ``DalleConfig`` a :class:`DalleModule` checkpoint records.
+
+    Raises:
+        ValueError: it records none (not a transformer checkpoint).
+    """
+    from dalle.config import DalleConfig
+
+    saved = (ckpt.get("hyper_parameters") or {}).get("dalle_config")
+    if saved is None:
+        raise ValueError(f"{path}: not a transformer checkpoint (no dalle_config)")
+    return DalleConfig.from_dict(dict(saved))
+
+
+def _model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The transformer's state dict inside a :class:`DalleModule` checkpoint (its ``model.`` entries)."""
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def model_from_checkpoint(path: str | Path, dalle_config: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the ``DalleTransformer`` (CPU, eval) from a Lightning checkpoint of :class:`DalleModule`.
 
+    Args:
+        dalle_config: the architecture to build; None: the one the checkpoint records.
     Returns:
         ``(model, info)``, info holding the checkpoint's ``global_step`` and training counters.
     """
     ckpt = load_checkpoint(path)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = _model_state(ckpt)
+    if dalle_config is None:
+        dalle_config = _saved_config(path, ckpt)
     model = DalleTransformer(dalle_config)
     model.load_state_dict(state, strict=True)
     info = {"global_step": int(ckpt.get("global_step", 0)), **(ckpt.get("dalle_train_state") or {})}
@@ -96,7 +119,6 @@ def transformer_weights(path: str | Path) -> tuple[Any, str | None, dict[str, to
         ValueError: not a bundle / transformer checkpoint.
     """
     from dalle.bundle import load_bundle
-    from dalle.config import DalleConfig
 
     path = Path(path)
     if path.is_dir():
@@ -104,11 +126,7 @@ def transformer_weights(path: str | Path) -> tuple[Any, str | None, dict[str, to
         return bundle.model.config, bundle.tokenizer.sha256, bundle.model.state_dict()
     if path.is_file():
         ckpt = load_checkpoint(path)
-        saved = (ckpt.get("hyper_parameters") or {}).get("dalle_config")
-        if saved is None:
-            raise ValueError(f"{path}: not a transformer checkpoint (no dalle_config)")
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        return DalleConfig.from_dict(dict(saved)), ckpt.get("tokenizer_sha256"), state
+        return _saved_config(path, ckpt), ckpt.get("tokenizer_sha256"), _model_state(ckpt)
     raise ValueError(f"{path}: no such bundle directory or checkpoint file")
 
 
@@ -133,8 +151,9 @@ def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> 
         raise ValueError(f"--init-from {path}: trained with tokenizer sha256 {str(sha)[:12]}, "
                          f"this run's is {tokenizer_sha256[:12]}: use its tokenizer.json")
     if added:   # the new within-word position tables start at zero: the model starts out unchanged
-        fresh = DalleTransformer(dalle_config).state_dict()
-        state = {**state, **{k: v for k, v in fresh.items() if k.startswith("spell_")}}
+        tables = torch.nn.Module()
+        add_spell_tables(tables, dalle_config, dalle_config.n_embd)
+        state = {**state, **tables.state_dict()}
         log.info("--init-from %s: within-word position tables added (dalle.spell_pos=%d), starting at zero",
                  path, dalle_config.spell_pos)
     return state

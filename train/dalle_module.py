@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 import dalle.tokenizer
+from common.samples import part_of
 from dalle.bundle import check_compatible
 from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.tokenizer import TextTokenizer
-from common.samples import part_of
 from train.checkpoints import check_resumable
 from train.config import DalleTrainConfig
 from train.frozen import hold
