@@ -647,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-resume", action="store_true", help="start fresh even if checkpoints exist")
     q.add_argument("--init-from", default=None, metavar="SCORER_DIR",
                    help="start a fresh run from this exported scorer's weights (same architecture and "
-                        "tokenizer), e.g. to fine-tune the default model's scorer")
+                        "tokenizer; --set scorer.spell_pos=N may add within-word positions), e.g. to "
+                        "fine-tune the default model's scorer")
     q.add_argument("--logger", choices=("csv", "tensorboard"), default=None,
                    help="csv (default: out/logs/metrics.csv) or tensorboard (the tensorboard extra)")
     add_preset(q)

@@ -38,6 +38,14 @@ def with_spelling_ids(cfg: Any, tokenizer: Any) -> Any:
     return replace(cfg, spell_open_id=tokenizer.spell_open, spell_close_id=tokenizer.spell_close)
 
 
+def spell_tables_added(old: Any, new: Any) -> bool:
+    """Whether config ``new`` is ``old`` (a transformer's or a scorer's) with within-word positions turned
+    on: the one change a run started from saved weights (``--init-from``) allows; the tables start at zero."""
+    return (old.spell_pos == 0 and new.spell_pos > 0
+            and replace(new, spell_pos=0, spell_open_id=old.spell_open_id,
+                        spell_close_id=old.spell_close_id) == old)
+
+
 @dataclass
 class DalleConfig:
     """Decoder-only transformer over a fixed-length caption followed by image codes.

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from dalle.bundle import save_bundle
-from dalle.config import with_spelling_ids
+from dalle.config import spell_tables_added, with_spelling_ids
 from dalle.model import Block, DalleTransformer, add_spell_tables
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import (CheckpointError, candidates, clean_orphans, load_checkpoint, prune_older,
@@ -143,7 +143,7 @@ def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> 
         cfg, sha, state = transformer_weights(path)
     except ValueError as e:
         raise ValueError(f"--init-from {e}") from None
-    added = _spell_tables_added(cfg, dalle_config)
+    added = spell_tables_added(cfg, dalle_config)
     if cfg != dalle_config and not added:
         raise ValueError(f"--init-from {path}: its transformer config differs from the preset's "
                          f"dalle section; train with the preset it was made with")
@@ -157,13 +157,6 @@ def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> 
         log.info("--init-from %s: within-word position tables added (dalle.spell_pos=%d), starting at zero",
                  path, dalle_config.spell_pos)
     return state
-
-
-def _spell_tables_added(old: Any, new: Any) -> bool:
-    """Whether ``new`` is ``old`` with within-word positions turned on (the one change --init-from allows)."""
-    return (old.spell_pos == 0 and new.spell_pos > 0
-            and dataclasses.replace(new, spell_pos=0, spell_open_id=old.spell_open_id,
-                                    spell_close_id=old.spell_close_id) == old)
 
 
 def _final_checkpoint(trainer: L.Trainer, out_dir: Path, resumed: Path | None) -> Path | None:

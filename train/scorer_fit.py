@@ -26,7 +26,8 @@ import lightning as L
 import torch
 
 from dalle.atomic import atomic_write_text
-from dalle.config import with_spelling_ids
+from dalle.config import spell_tables_added, with_spelling_ids
+from dalle.model import add_spell_tables
 from dalle.scorer import ImageTextScorer, ScorerConfig, ScorerError
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import clean_orphans, verify
@@ -44,6 +45,9 @@ EXPORT_DIR = "scorer"
 def init_weights(path: str | Path, config: ScorerConfig, tokenizer_sha256: str) -> dict[str, torch.Tensor]:
     """The weights of the exported scorer at ``path``, checked against the run's architecture and tokenizer.
 
+    The one change allowed is within-word positions turned on for the caption encoder
+    (``scorer.spell_pos``): their tables are added at zero, so the scorer starts out unchanged.
+
     Raises:
         ValueError: not a scorer directory, another architecture, or another tokenizer (one line each).
     """
@@ -51,14 +55,22 @@ def init_weights(path: str | Path, config: ScorerConfig, tokenizer_sha256: str) 
         start = ImageTextScorer.from_checkpoint(path)
     except (ScorerError, OSError) as e:
         raise ValueError(f"--init-from {path}: {e}") from None
+    added = spell_tables_added(start.config, config)
     theirs, ours = start.config.to_dict(), config.to_dict()
-    if theirs != ours:
+    if theirs != ours and not added:
         diff = sorted(k for k, v in theirs.items() if ours.get(k) != v)
         raise ValueError(f"--init-from {path}: its scorer config differs from the preset's in {', '.join(diff)}")
     if start.tokenizer_sha256 != tokenizer_sha256:
         raise ValueError(f"--init-from {path}: trained with tokenizer sha256 {str(start.tokenizer_sha256)[:12]}, "
                          f"this run uses {tokenizer_sha256[:12]}")
-    return start.state_dict()
+    state = start.state_dict()
+    if added:
+        tables = torch.nn.Module()
+        add_spell_tables(tables, config, config.n_embd)
+        state.update({f"text_encoder.{k}": v for k, v in tables.state_dict().items()})
+        log.info("--init-from %s: within-word position tables added to the caption encoder "
+                 "(scorer.spell_pos=%d), starting at zero", path, config.spell_pos)
+    return state
 
 
 def fit_scorer(preset: Preset, out_dir: str | Path, *, train_shards: list[str], tokenizer_path: str | Path,

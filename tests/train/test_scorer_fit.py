@@ -352,3 +352,30 @@ def test_the_scorer_can_take_within_word_positions(data, tmp_path):
     for key in ScorerConfig.ADDED_LATER:
         del old[key]
     assert ScorerConfig.from_dict(old, complete=True) == load_preset("tiny", LONG).scorer   # before the option
+
+
+def test_init_from_may_add_within_word_positions_to_a_scorer_trained_without_them(data, tmp_path):
+    """The one change --init-from allows: the caption encoder gets the tables at zero, so the scorer it
+    starts from scores exactly as before; any other change is still refused."""
+    from dalle.config import with_spelling_ids
+    from train.scorer_fit import init_weights
+
+    d, shards, tok, _ = data
+    preset = load_preset("tiny", LONG + ["scorer_train.max_steps=2"])
+    first = ImageTextScorer.from_checkpoint(fit_scorer(preset, tmp_path / "a", train_shards=shards[:2],
+                                                       tokenizer_path=tok, **QUIET))
+    tokenizer = TextTokenizer(tok, preset.dalle.text_len, preset.dalle.text_vocab_size)
+    spelled = with_spelling_ids(load_preset("tiny", LONG + ["scorer.spell_pos=8"]).scorer, tokenizer)
+    state = init_weights(tmp_path / "a" / "scorer", spelled, tokenizer.sha256)
+    grown = ImageTextScorer(spelled)
+    grown.load_state_dict(state)                                 # strict: every table is there
+    assert not grown.text_encoder.spell_start.weight.any()
+    batch = _batch(d, tokenizer, preset, n=64)
+    first.eval(), grown.eval()
+    with torch.no_grad():
+        assert any(tokenizer.spell_open in row for row in batch["text_tokens"].tolist())   # signs spell their word
+        assert torch.equal(first.text_encoder(batch["text_tokens"]), grown.text_encoder(batch["text_tokens"]))
+    wider = with_spelling_ids(load_preset("tiny", LONG + ["scorer.spell_pos=8", "scorer.embed_dim=24"]).scorer,
+                              tokenizer)
+    with pytest.raises(ValueError, match="embed_dim"):
+        init_weights(tmp_path / "a" / "scorer", wider, tokenizer.sha256)
