@@ -459,8 +459,9 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=A.positive_int, default=16)
     p.add_argument("--scorer", default="auto",
                    help="how --candidates are ranked: auto (default: clip when the model has a scorer, else "
-                        "logprob), logprob (mean code log-probability), clip (the model's image-caption scorer), "
-                        "or a scorer directory from 'dalle scorer train'")
+                        "logprob), logprob (mean code log-probability), pmi (the transformer's caption-image "
+                        "pointwise mutual information: log p(codes | caption) - log p(codes | no caption)), "
+                        "clip (the model's image-caption scorer), or a scorer directory from 'dalle scorer train'")
     p.add_argument("--show-scores", action="store_true",
                    help="print each image's candidate index and score next to its path")
     p.add_argument("--dtype", default="auto",

@@ -27,7 +27,7 @@ from dalle.config import DalleConfig
 from dalle.model import DalleTransformer
 from dalle.options import SamplingOptions
 from dalle.pipeline import Generation, keep_count, prepare_image, tensor_to_pil
-from dalle.rerank import Candidates, get_scorer, needs_images, resolve_auto
+from dalle.rerank import Candidates, PmiRerank, get_scorer, needs_images, resolve_auto
 from dalle.scorer import ImageTextRerank, ImageTextScorer, attach_scorer, check_scorer, load_bundle_scorer
 from dalle.sampler import image_seed, sample
 from dalle.tokenizer import TextTokenizer
@@ -148,8 +148,13 @@ class Dalle:
         return self
 
     def scorers(self) -> dict[str, Any]:
-        """This model's own reranking scorers by name (``{"clip": ...}`` when it has a scorer)."""
-        return {} if self.scorer is None else {"clip": ImageTextRerank(self.scorer)}
+        """This model's own reranking scorers by name: ``"pmi"`` (the transformer's caption-image
+        pointwise mutual information, :class:`dalle.rerank.PmiRerank`) and ``"clip"`` when it has an
+        image-caption scorer."""
+        own: dict[str, Any] = {"pmi": PmiRerank(self.model, self.tokenizer.null_tokens)}
+        if self.scorer is not None:
+            own["clip"] = ImageTextRerank(self.scorer)
+        return own
 
     def resolve_scorer(self, scorer: str | Callable) -> str | Callable:
         """The scorer ``"auto"`` stands for on this model (``"clip"`` when it has a scorer, else

@@ -8,8 +8,10 @@ and fills ``Candidates.images``. Register new scorers in :data:`SCORERS` (or wit
 
 Some scorers belong to a model rather than to the program: ``"clip"`` is the
 image-caption scorer shipped with a bundle (:mod:`dalle.scorer`), trained with the
-bundle's own tokenizer. Their names are in :data:`MODEL_SCORERS`; the model object
-passes its own instances to :func:`get_scorer` as ``bound``.
+bundle's own tokenizer; ``"pmi"`` (:class:`PmiRerank`) is the transformer's own
+caption-image pointwise mutual information, which every model has. Their names are in
+:data:`MODEL_SCORERS`; the model object passes its own instances to :func:`get_scorer` as
+``bound``.
 
 ``"auto"`` (the default) is the model's ``"clip"`` scorer when it has one, else ``"logprob"``:
 on every default-model candidate measured, best of 8 by mean log-probability passed less than no
@@ -18,6 +20,7 @@ reranking, while best of 8 by the scorer passed up to 8x more and at worst 0.057
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -46,9 +49,55 @@ def logprob_scorer(candidates: Candidates) -> torch.Tensor:
 
 logprob_scorer.needs_images = False
 
+
+class PmiRerank:
+    """Pointwise mutual information of caption and image under the transformer itself: the mean over
+    codes of ``log p(code | caption, codes before) - log p(code | null caption, codes before)``.
+
+    The mean log-probability alone prefers whatever is easy to predict (plain, empty pictures), whatever
+    the caption; subtracting what the model expects with no caption (the null caption that guidance
+    trains) leaves how much this caption explains these codes. No second model, no decoding: one
+    teacher-forced pass with the caption and one with the null caption per candidate.
+    """
+
+    needs_images = False
+    __name__ = "pmi"
+
+    def __init__(self, model: torch.nn.Module, null_tokens: Callable[[int], torch.Tensor],
+                 batch_size: int = 32) -> None:
+        self.model = model
+        self.null_tokens = null_tokens      # batch -> (batch, text_len) null captions
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def __call__(self, candidates: Candidates) -> torch.Tensor:
+        model = self.model
+        device = next(model.parameters()).device
+        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda"
+                    else contextlib.nullcontext())
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            for i in range(0, candidates.image_tokens.size(0), self.batch_size):
+                codes = candidates.image_tokens[i:i + self.batch_size].to(device)            # (b, L)
+                b = codes.size(0)
+                text = torch.cat([candidates.text_tokens[i:i + b].to(device), self.null_tokens(b).to(device)])
+                rows = torch.cat([codes, codes])                                              # (2b, L)
+                with autocast:
+                    logits = model(text, rows[:, :-1]).image                                  # (2b, L, Vi)
+                lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, rows[..., None]).squeeze(-1)
+                out.append((lp[:b] - lp[b:]).mean(dim=-1).cpu())                            # (b,)
+        finally:
+            model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+
 SCORERS: dict[str, Scorer] = {"logprob": logprob_scorer}
 # names resolved by the model that owns the scorer (see the module docstring)
-MODEL_SCORERS: dict[str, str] = {"clip": "the model's contrastive image-caption scorer (dalle scorer train)"}
+MODEL_SCORERS: dict[str, str] = {
+    "clip": "the model's contrastive image-caption scorer (dalle scorer train)",
+    "pmi": "the transformer's own caption-image pointwise mutual information (PmiRerank)"}
 AUTO = "auto"   # the model's "clip" scorer when it has one, else "logprob"
 
 

@@ -2,8 +2,9 @@
 VQVAE reconstruction and an optional Fréchet distance, written as JSON, Markdown and PNG plots.
 
 Reranking, per part and temperature: pass@1, the oracle pass@M (M = the candidate count:
-the best of M if the checker chose), reranked pass@1 by mean log-probability and, when the
-model has an image-caption scorer (:mod:`dalle.scorer`), by that scorer, and the share of the
+the best of M if the checker chose), reranked pass@1 by mean log-probability, by the
+transformer's caption-image pointwise mutual information (``dalle.rerank.PmiRerank``) and, when
+the model has an image-caption scorer (:mod:`dalle.scorer`), by that scorer, and the share of the
 pass@1 -> pass@M gap each reranker closes. With a scorer the report also gives its mean
 caption-image cosine (x100, a CLIPScore-style figure of the project's own scorer) on real
 renders and on generated images, and its accuracy at picking the true caption among hard
@@ -14,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from dalle.atomic import atomic_write_text
+from dalle.rerank import Candidates
 from evaluation.checker import check
 from evaluation.passk import pass_at_k, rerank_pass_at_1
 from evaluation.recon import checker_pass_rate, recon_metrics
@@ -34,6 +36,8 @@ from evaluation.suite import (
 )
 from synth.scenes import render_scene, scene_sample
 from synth.signs import sign_sample
+
+RANKERS = ("logprob", "pmi", "clip")   # the rankings the report compares, in its column order
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +66,22 @@ def gap_closed(pass1: float, reranked: float, oracle: float) -> float | None:
 
 
 def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, ks: Sequence[int],
-              candidates: int, clip_scores: Sequence[float] | None = None) -> dict[str, Any]:
+              candidates: int, rankers: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Check every generation; pass@k, the oracle pass@M and reranked pass@1 per prompt, part and overall.
 
     Args:
         generations: ``n`` per prompt, each with ``prompt``, ``index``, ``image`` and ``score`` (the
             mean log-probability).
         candidates: M, the candidates a reranker chooses from (at most n).
-        clip_scores: the image-caption scorer's value of each generation (same order), or None.
+        rankers: other rankings than the mean log-probability, by name (``"pmi"``, ``"clip"``): each
+            generation's value (same order), higher is better.
     """
     by_prompt: dict[str, list[Any]] = {}
-    clip_of = {}
-    if clip_scores is not None:
-        if len(clip_scores) != len(generations):
-            raise ValueError(f"{len(clip_scores)} clip scores for {len(generations)} generations")
-        clip_of = {(g.prompt, g.index): float(v) for g, v in zip(generations, clip_scores)}
+    score_of: dict[str, dict[tuple[str, int], float]] = {}
+    for name, values in (rankers or {}).items():
+        if len(values) != len(generations):
+            raise ValueError(f"{len(values)} {name} scores for {len(generations)} generations")
+        score_of[name] = {(g.prompt, g.index): float(v) for g, v in zip(generations, values)}
     for g in generations:
         by_prompt.setdefault(g.prompt, []).append(g)
     prompts, samples = [], []
@@ -89,8 +94,8 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
         c = sum(passed)
         m = min(candidates, n)
         reranked = {"logprob": rerank_pass_at_1([g.score for g in gens], passed, m)}
-        if clip_scores is not None:
-            reranked["clip"] = rerank_pass_at_1([clip_of[(g.prompt, g.index)] for g in gens], passed, m)
+        for name, of in score_of.items():
+            reranked[name] = rerank_pass_at_1([of[(g.prompt, g.index)] for g in gens], passed, m)
         matches = [r.found[0]["word_score"] for r in results if r.found and "word_score" in r.found[0]]
         prompts.append({"part": sp.part, "prompt": sp.prompt, "n": n, "c": c,
                         "word_match": float(np.mean(matches)) if matches else None,
@@ -116,6 +121,15 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
                              "rerank": {"m": m, "pass@1": p1, "oracle_pass@m": oracle, "pass@1_by": reranked,
                                         "gap_closed": {k: gap_closed(p1, v, oracle) for k, v in reranked.items()}}}
     return {"prompts": prompts, "summary": summary, "_samples": samples}
+
+
+def pmi_scores(model: Any, generations: Sequence[Any], batch_size: int = 32) -> list[float]:
+    """The transformer's caption-image pointwise mutual information of each generation (``dalle.rerank.PmiRerank``)."""
+    codes = torch.stack([g.image_tokens for g in generations])                         # (N, image_len)
+    cands = Candidates(prompts=[g.prompt for g in generations],
+                       text_tokens=model.tokenizer.encode([g.prompt for g in generations]),
+                       image_tokens=codes, logprobs=torch.zeros(codes.shape))
+    return torch.as_tensor(model.scorers()["pmi"](cands), dtype=torch.float32).flatten().tolist()
 
 
 @torch.inference_mode()
@@ -213,8 +227,11 @@ def to_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {t} | {part} | " + " | ".join(f"{s['pass@k'][str(k)]:.3f}" for k in ks)
                          + f" | {s[f'rerank{m}_pass@1']:.3f} |")
     lines += ["", f"## Reranking: best of M = {m} candidates", "",
-              "| temperature | part | pass@1 | oracle pass@M | by logprob | gap closed | by clip | gap closed |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Best of M by each ranking (the oracle keeps a passing candidate whenever there is one; logprob: "
+              "mean code log-probability; pmi: the transformer's caption-image pointwise mutual information; "
+              "clip: the image-caption scorer) and the share of the pass@1 -> oracle gap it closes.", "",
+              "| temperature | part | pass@1 | oracle pass@M | " + " | ".join(f"by {name} | gap closed" for name in RANKERS)
+              + " |", "|---|---|---|---|" + "---|---|" * len(RANKERS)]
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
@@ -223,8 +240,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         for part, s in run["summary"].items():
             r = s["rerank"]
             lines.append(f"| {t} | {part} | {r['pass@1']:.3f} | {r['oracle_pass@m']:.3f} | "
-                         f"{r['pass@1_by']['logprob']:.3f} | {fmt(r['gap_closed']['logprob'])} | "
-                         f"{fmt(r['pass@1_by'].get('clip'))} | {fmt(r['gap_closed'].get('clip'))} |")
+                         + " | ".join(f"{fmt(r['pass@1_by'].get(name))} | {fmt(r['gap_closed'].get(name))}"
+                                      for name in RANKERS) + " |")
     spelled = [(t, part, s["word_match"]) for t, run in result["temperatures"].items()
                for part, s in run["summary"].items() if s.get("word_match") is not None]
     if spelled:
@@ -335,9 +352,11 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     for t in temperatures:
         log.info("eval: temperature %s, %d prompts x %d samples", t, len(texts), n)
         gens = model.generate(texts, temperature=float(t), guidance=base_g, **opts)
-        clip = scorer_similarities(model, [g.prompt for g in gens], [g.image for g in gens], batch_size) \
-            if model.scorer is not None else None
-        runs[str(t)] = score_run(prompts, gens, n, ks_used, candidates, clip_scores=clip)
+        rankers = {"pmi": pmi_scores(model, gens, batch_size)}
+        if model.scorer is not None:
+            rankers["clip"] = scorer_similarities(model, [g.prompt for g in gens], [g.image for g in gens],
+                                                  batch_size)
+        runs[str(t)] = score_run(prompts, gens, n, ks_used, candidates, rankers=rankers)
     best = {}
     for k in ks_used:
         t_best = max(runs, key=lambda t: runs[t]["summary"]["all"]["pass@k"][str(k)])

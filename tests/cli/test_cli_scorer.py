@@ -38,6 +38,10 @@ def test_generate_reranks_by_the_scorer_and_shows_the_scores(scorers, tmp_path, 
     _one_line_error(capsys, base + ["--scorer", "clip", "--out", str(tmp_path / "o")], "needs a model")
     assert main(base + ["--show-scores", "--out", str(tmp_path / "a")]) == 0      # auto: no scorer -> logprob
     assert capsys.readouterr().out.splitlines()[0].split("\t")[2].startswith("logprob ")
+    assert main(base + ["--scorer", "pmi", "--show-scores", "--out", str(tmp_path / "m")]) == 0   # any model has it
+    by_pmi = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[:-1]]
+    assert len(by_pmi) == 2 and all(s[2].startswith("pmi ") for s in by_pmi)
+    assert Image.open(by_pmi[0][0]).text["scorer"] == "pmi"
     _one_line_error(capsys, ["scorer", "attach", str(foreign), "--model", str(bundle)], "does not belong")
     assert main(["scorer", "attach", str(own), "--model", str(bundle)]) == 0
     capsys.readouterr()

@@ -99,6 +99,51 @@ def test_the_auto_scorer_is_the_models_scorer_when_it_has_one(dalle):
     assert [g.index for g in auto] == [g.index for g in by_logprob]
 
 
+def _pmi(dalle, prompt, codes):
+    """log p(codes | caption) - log p(codes | null caption), per code, averaged: one row at a time."""
+    out = []
+    for text in (dalle.tokenizer.encode([prompt]), dalle.tokenizer.null_tokens(1)):
+        with torch.no_grad():
+            logp = torch.log_softmax(dalle.model(text, codes[None, :-1]).image.float(), -1)
+        out.append(logp.gather(-1, codes[None, :, None]).squeeze(-1))
+    return float((out[0] - out[1]).mean())
+
+
+def test_the_pmi_ranking_is_the_caption_s_log_likelihood_ratio(dalle):
+    """scorer="pmi": every model has it; each kept image's score is log p(codes | caption) minus log p(codes |
+    null caption), per code (computed here one row at a time against the scorer's batches of mixed prompts),
+    and the best by it are kept."""
+    prompts = ["a red cube", "two green cats"]
+    everything = dalle.generate(prompts, n=5, seed=4, guidance=2.0)
+    best = dalle.generate(prompts, n=2, seed=4, guidance=2.0, candidates=5, scorer="pmi", batch_size=3)
+    pmi = {(g.prompt, g.index): _pmi(dalle, g.prompt, g.image_tokens) for g in everything}
+    assert len(set(round(v, 6) for v in pmi.values())) == len(pmi)       # no ties: the order is the score's
+    for prompt in prompts:
+        kept = [g for g in best if g.prompt == prompt]
+        ranked = sorted((g for g in everything if g.prompt == prompt), key=lambda g: -pmi[(g.prompt, g.index)])
+        assert [g.index for g in kept] == [g.index for g in ranked[:2]]
+        for g in kept:
+            assert g.score == pytest.approx(pmi[(g.prompt, g.index)], abs=1e-5)
+    assert "pmi" in dalle.scorers() and dalle.resolve_scorer("auto") == "logprob"   # not the default
+
+
+def test_the_pmi_of_a_model_that_ignores_its_caption_is_zero(dalle):
+    """A transformer whose caption embeddings are all the same vector (the null caption's pads included)
+    sees no difference between a caption and none: the mutual information is exactly zero."""
+    import copy
+    from dalle.rerank import Candidates, PmiRerank
+
+    blind = copy.deepcopy(dalle.model)
+    with torch.no_grad():
+        blind.text_emb.weight[:] = blind.text_emb.weight[0]
+    codes = torch.randint(0, dalle.config.image_vocab_size, (3, dalle.config.image_len),
+                          generator=torch.Generator().manual_seed(0))
+    cands = Candidates(prompts=["a red cube"] * 3, text_tokens=dalle.tokenizer.encode(["a red cube"] * 3),
+                       image_tokens=codes, logprobs=torch.zeros(3, dalle.config.image_len))
+    assert torch.allclose(PmiRerank(blind, dalle.tokenizer.null_tokens)(cands), torch.zeros(3), atol=1e-6)
+    assert PmiRerank(dalle.model, dalle.tokenizer.null_tokens)(cands).abs().min() > 1e-4
+
+
 def test_edit_keeps_the_kept_codes(dalle, tmp_path):
     cfg, r = dalle.config, dalle.resolution
     g = torch.Generator().manual_seed(0)

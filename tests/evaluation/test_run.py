@@ -1,6 +1,7 @@
 """dalle eval: scoring on known images, and the whole benchmark end to end on a tiny bundle."""
 import json
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ class FakeGeneration:
     index: int
     image: Image.Image
     score: float
+    image_tokens: torch.Tensor | None = None
 
 
 def test_score_run_counts_passing_samples():
@@ -148,11 +150,16 @@ class RenderModel:
         x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255) for im in renders])
         self.image_tokenizer.fit_codebook(x.permute(0, 3, 1, 2), iters=5)       # (N, 3, 64, 64)
         self.calls = []
-        self.scorers = set()   # what each generation's own score was asked to be
+        self.asked = set()     # what each generation's own score was asked to be
+        self.tokenizer = SimpleNamespace(encode=lambda prompts: torch.zeros(len(prompts), 1, dtype=torch.long))
+
+    def scorers(self):
+        """Its own "pmi" ranking: the first code of a stand-in generation, 1 for a real render, 0 for shuffled."""
+        return {"pmi": lambda cands: cands.image_tokens[:, 0].float()}
 
     def generate(self, prompts, *, n, seed, temperature, guidance, scorer="auto", **_):
         self.calls.append((temperature, guidance))
-        self.scorers.add(scorer)
+        self.asked.add(scorer)
         out = []
         for position, prompt in enumerate(prompts):
             sp = self.suite[position]
@@ -160,7 +167,8 @@ class RenderModel:
             real = render_description(sp.description, 64)
             for i in range(n):
                 ok = i < self.good(position, temperature, guidance)
-                out.append(FakeGeneration(prompt, i, real if ok else shuffle_pixels(real, i), score=float(ok)))
+                out.append(FakeGeneration(prompt, i, real if ok else shuffle_pixels(real, i), score=float(ok),
+                                          image_tokens=torch.tensor([int(ok)])))
         return out
 
 
@@ -182,7 +190,7 @@ def test_run_eval_counts_real_passes_and_failures(tmp_path, monkeypatch):
     result = run_eval("unused", tmp_path / "eval", suite=suite, n=n, temperatures=(0.8, 1.0), ks=(1, 2),
                       candidates=2, guidance_values=(1.0, 3.0), batch_size=8, frechet=False, n_recon=4)
     assert model.calls == [(0.8, 1.0), (1.0, 1.0), (0.8, 3.0)]
-    assert model.scorers == {"logprob"}      # the "by logprob" column is that, even for a model with a scorer
+    assert model.asked == {"logprob"}        # the "by logprob" column is that, even for a model with a scorer
     for t in (0.8, 1.0):
         rows = result["temperatures"][str(t)]["prompts"]
         assert [r["c"] for r in rows] == [good(j, t, 1.0) for j in range(len(suite))]
@@ -193,6 +201,9 @@ def test_run_eval_counts_real_passes_and_failures(tmp_path, monkeypatch):
     want_08 = np.mean([good(j, 0.8, 1.0) / n for j in range(len(suite))])   # (0+1+2+3+4+0)/24
     assert result["temperatures"]["0.8"]["summary"]["all"]["pass@k"]["1"] == pytest.approx(want_08)
     assert result["best_temperature"]["1"] == {"temperature": 0.8, "pass@k": pytest.approx(want_08)}
+    for t in (0.8, 1.0):   # the stand-in's "pmi" knows which samples are real: best of 2 by it is the oracle
+        r = result["temperatures"][str(t)]["summary"]["all"]["rerank"]
+        assert r["pass@1_by"]["pmi"] == pytest.approx(r["oracle_pass@m"]) and "clip" not in r["pass@1_by"]
     assert result["guidance"]["3.0"]["summary"]["all"]["pass@k"]["1"] == 1.0
     for part, row in result["guidance"]["1.0"]["summary"].items():
         assert row["prompts"] == (6 if part == "all" else 2)

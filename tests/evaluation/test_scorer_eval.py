@@ -26,14 +26,14 @@ def test_each_reranker_closes_its_share_of_the_gap_to_the_oracle():
             gens.append(FakeGeneration(sp.prompt, i, real if i in good else shuffle_pixels(real, i),
                                        score=-float(i in good)))
             clip.append(float(i in good))
-    out = score_run(suite, gens, n, [1, 2], candidates=2, clip_scores=clip)
+    out = score_run(suite, gens, n, [1, 2], candidates=2, rankers={"clip": clip})
     r = out["summary"]["all"]["rerank"]
     assert r["m"] == 2 and r["pass@1"] == pytest.approx(0.5) and r["oracle_pass@m"] == pytest.approx(5 / 6)
     assert r["pass@1_by"]["clip"] == pytest.approx(5 / 6)          # the best of 2 is good unless both are bad
     assert r["pass@1_by"]["logprob"] == pytest.approx(1 / 6)       # good only if both drawn are good
     assert r["gap_closed"]["clip"] == pytest.approx(1.0) and r["gap_closed"]["logprob"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="clip scores"):
-        score_run(suite, gens, n, [1], candidates=2, clip_scores=clip[:-1])
+        score_run(suite, gens, n, [1], candidates=2, rankers={"clip": clip[:-1]})
     assert gap_closed(0.3, 0.3, 0.3) is None
 
 
@@ -49,7 +49,7 @@ def test_run_eval_reports_the_scorer(tiny_bundle, tmp_path):  # noqa: F811
     result = run_eval(bundle, tmp_path / "eval", suite=suite, n=2, temperatures=(1.0,), ks=(1,), candidates=2,
                       guidance_values=(1.0,), batch_size=4, frechet=False, n_scorer_check=4)
     s = result["temperatures"]["1.0"]["summary"]["all"]["rerank"]
-    assert set(s["pass@1_by"]) == {"logprob", "clip"} and set(s["gap_closed"]) == {"logprob", "clip"}
+    assert set(s["pass@1_by"]) == {"logprob", "pmi", "clip"} and set(s["gap_closed"]) == {"logprob", "pmi", "clip"}
     results = json.loads((tmp_path / "eval" / "results.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     sc = results["scorer"]
@@ -61,7 +61,7 @@ def test_run_eval_reports_the_scorer(tiny_bundle, tmp_path):  # noqa: F811
     for part in ("in_distribution", "heldout_combos", "heldout_words", "all"):
         assert -100 <= sc["similarity"][part]["real"] <= 100 and -100 <= sc["similarity"][part]["generated"] <= 100
     md = (tmp_path / "eval" / "results.md").read_text()
-    assert "by clip" in md and "CLIPScore-style" in md and "not OpenAI CLIP" in md
+    assert "by clip" in md and "by pmi" in md and "CLIPScore-style" in md and "not OpenAI CLIP" in md
 
 
 def test_synthetic_accuracy_of_a_scorer_that_prefers_true_captions():
