@@ -131,6 +131,13 @@ dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/va
   --set dalle.spell_pos=16 --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=500 \
   --set dalle_train.image_every=2000 --set dalle_train.lr=4.0e-4 --set dalle_train.warmup_steps=200 \
   --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS9:-8000}"
+# 5h. (2026-12-07, seventh session) run9 continued 10,000 steps on a fresh cosine at lr 3e-4 (1 h 45 min on one core;
+#     held-out sign codes 0.425 -> 0.410, scenes 0.288 -> 0.284)
+dalle train --preset small --tokens "$D"/tokens_c25/*/*.tar --val-tokens "$D"/val_tokens_c25/*.tar \
+  --tokenizer "$W/tokenizer.json" --vqvae "$W/codebook_c25" --out "$W/run10" --init-from "$W/run9/bundle" \
+  --set dalle.spell_pos=16 --set dalle_train.precision="$PRECISION" --set dalle_train.val_every=500 \
+  --set dalle_train.image_every=2000 --set dalle_train.lr=3.0e-4 --set dalle_train.warmup_steps=200 \
+  --set dalle_train.ckpt_every=250 --set dalle_train.max_steps="${MAX_STEPS10:-10000}"
 
 # 3c. (2026-12-06, second session) the context decoder on top of codebook_c25 (its codes never change, so the
 #     transformer is untouched): scenes and signs re-rendered in palette colours as caption-less shards, 3,000 steps,
@@ -194,6 +201,6 @@ own_samples candidate_g7 generated3 3 "$D/scenes/00027.tar" "$D/relation_scenes/
 scorer_on_samples scorer_h scorer_g "$W/generated/train" "$W/generated3/train"
 
 # 7. the bundle that ships: transformer + image tokenizer (checked: same centroids) + scorer + sampling defaults
-#    (run9: 5f's run7 with within-word positions; run8 was no better on dalle eval)
-ship run9 scorer_h candidate --meta license=mit --meta continued_from=35500
+#    (run10: 5f's run7 with within-word positions, continued twice; run8 was no better on dalle eval)
+ship run10 scorer_h candidate --meta license=mit --meta continued_from=43500
 echo "bundle: $W/candidate (check it with dalle eval --model $W/candidate; copy it to dalle/assets/default to ship it)"
