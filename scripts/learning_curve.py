@@ -37,7 +37,6 @@ from dalle.bundle import save_bundle
 from dalle.images import make_grid, save_png_atomic
 from evaluation.report import plot_lines
 from evaluation.run import run_eval
-from train.config import load_preset, with_image_tokenizer
 from train.dalle_fit import model_from_checkpoint
 from vqvae.registry import load_image_tokenizer
 
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         "starts where the run it continued ended)")
     p.add_argument("--tokenizer", type=Path, required=True, help="the run's tokenizer.json")
     p.add_argument("--vqvae", type=Path, required=True, help="the run's image tokenizer")
-    p.add_argument("--preset", default="small")
+    p.add_argument("--preset", default="small", help="ignored: each checkpoint's own architecture is built")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -159,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     if not len(a.run_dirs) == len(a.curve) == len(offsets):
         p.error("give one --curve folder and one --offsets value per run directory")
     image_tokenizer = load_image_tokenizer(a.vqvae)
-    dalle_config = with_image_tokenizer(load_preset(a.preset), image_tokenizer.config).dalle
     batch = a.train_batch
     cache = a.out / "learning_curve.json"       # checkpoints evaluated by an earlier call are not redone
     # (a cache of another temperature or top-k is not reused)
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {pt["step"]: pt for pt in cached["eval"]} if cached.get("settings") == settings else {}
     points = []
     for ckpt, offset in [(c, off) for folder, off in zip(a.curve, offsets) for c in sorted(folder.glob("step*.ckpt"))]:
-        model, info = model_from_checkpoint(ckpt, dalle_config)
+        model, info = model_from_checkpoint(ckpt)     # its own architecture (a continuation may add tables)
         step = offset + info["global_step"]            # steps since the first run began
         if step in done:
             points.append(done[step])
