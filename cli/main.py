@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import args as A
+from cli.threads import configure_threads
 
 log = logging.getLogger("dalle")
 
@@ -440,7 +441,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=A.positive_int, default=None,
+                   help="CPU threads for torch (default: the cores other jobs leave free, unless "
+                        "OMP_NUM_THREADS is set)")
+
+
 def add_sampling(p: argparse.ArgumentParser) -> None:
+    add_threads(p)
     p.add_argument("-n", type=A.positive_int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=A.seed, default=0, help="each image depends on (seed, prompt, index) only")
     p.add_argument("--out", default="out", help="output directory (default ./out)")
@@ -510,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 shares it)")
     p.add_argument("--port", type=A.positive_int, default=7860)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_threads(p)
     p.add_argument("--max-n", type=A.positive_int, default=16, help="images per prompt a request may ask for")
     p.add_argument("--max-candidates", type=A.positive_int, default=64)
     p.add_argument("--max-prompts", type=A.positive_int, default=8, help="prompts (lines) per request")
@@ -710,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=A.positive_int, default=32)
+    add_threads(p)
     p.set_defaults(func=cmd_eval)
     return parser
 
@@ -723,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(a, "threads"):     # the inference commands: --threads N, or auto (see cli/threads.py)
+            configure_threads(a.threads)
         return a.func(a)
     except KeyboardInterrupt:
         print("dalle: interrupted", file=sys.stderr)
