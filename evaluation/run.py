@@ -123,7 +123,7 @@ def score_run(suite: Sequence[SuitePrompt], generations: Sequence[Any], n: int, 
     return {"prompts": prompts, "summary": summary, "_samples": samples}
 
 
-def pmi_scores(model: Any, generations: Sequence[Any], batch_size: int = 32) -> list[float]:
+def pmi_scores(model: Any, generations: Sequence[Any]) -> list[float]:
     """The transformer's caption-image pointwise mutual information of each generation (``dalle.rerank.PmiRerank``)."""
     codes = torch.stack([g.image_tokens for g in generations])                         # (N, image_len)
     cands = Candidates(prompts=[g.prompt for g in generations],
@@ -352,7 +352,7 @@ def run_eval(bundle_dir: str | Path | None, out_dir: str | Path, *, suite: str |
     for t in temperatures:
         log.info("eval: temperature %s, %d prompts x %d samples", t, len(texts), n)
         gens = model.generate(texts, temperature=float(t), guidance=base_g, **opts)
-        rankers = {"pmi": pmi_scores(model, gens, batch_size)}
+        rankers = {"pmi": pmi_scores(model, gens)}
         if model.scorer is not None:
             rankers["clip"] = scorer_similarities(model, [g.prompt for g in gens], [g.image for g in gens],
                                                   batch_size)
