@@ -93,6 +93,14 @@ def add_spell_tables(owner: nn.Module, cfg: Any, dim: int) -> None:
         nn.init.zeros_(table.weight)     # a model given these tables later starts out unchanged
 
 
+def zero_spell_state(cfg: Any, dim: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state of freshly added (zero) :func:`add_spell_tables` tables, keyed under ``prefix``: what
+    ``--init-from`` adds to the weights of a model or scorer trained without within-word positions."""
+    tables = nn.Module()
+    add_spell_tables(tables, cfg, dim)
+    return {prefix + k: v for k, v in tables.state_dict().items()}
+
+
 class Logits(NamedTuple):
     """Next-token logits; either field is None when no position of that kind is output."""
 

@@ -26,7 +26,7 @@ import torch
 
 from dalle.bundle import save_bundle
 from dalle.config import spell_tables_added, with_spelling_ids
-from dalle.model import Block, DalleTransformer, add_spell_tables
+from dalle.model import Block, DalleTransformer, zero_spell_state
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import (CheckpointError, candidates, clean_orphans, load_checkpoint, prune_older,
                                read_record, verify)
@@ -151,9 +151,7 @@ def init_weights(path: str | Path, dalle_config: Any, tokenizer_sha256: str) -> 
         raise ValueError(f"--init-from {path}: trained with tokenizer sha256 {str(sha)[:12]}, "
                          f"this run's is {tokenizer_sha256[:12]}: use its tokenizer.json")
     if added:   # the new within-word position tables start at zero: the model starts out unchanged
-        tables = torch.nn.Module()
-        add_spell_tables(tables, dalle_config, dalle_config.n_embd)
-        state = {**state, **tables.state_dict()}
+        state = {**state, **zero_spell_state(dalle_config, dalle_config.n_embd)}
         log.info("--init-from %s: within-word position tables added (dalle.spell_pos=%d), starting at zero",
                  path, dalle_config.spell_pos)
     return state

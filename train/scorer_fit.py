@@ -27,7 +27,7 @@ import torch
 
 from dalle.atomic import atomic_write_text
 from dalle.config import spell_tables_added, with_spelling_ids
-from dalle.model import add_spell_tables
+from dalle.model import zero_spell_state
 from dalle.scorer import ImageTextScorer, ScorerConfig, ScorerError
 from dalle.tokenizer import TextTokenizer
 from train.checkpoints import clean_orphans, verify
@@ -65,9 +65,7 @@ def init_weights(path: str | Path, config: ScorerConfig, tokenizer_sha256: str) 
                          f"this run uses {tokenizer_sha256[:12]}")
     state = start.state_dict()
     if added:
-        tables = torch.nn.Module()
-        add_spell_tables(tables, config, config.n_embd)
-        state.update({f"text_encoder.{k}": v for k, v in tables.state_dict().items()})
+        state.update(zero_spell_state(config, config.n_embd, prefix="text_encoder."))
         log.info("--init-from %s: within-word position tables added to the caption encoder "
                  "(scorer.spell_pos=%d), starting at zero", path, config.spell_pos)
     return state
